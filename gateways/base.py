@@ -1,0 +1,172 @@
+"""The gateway interface: request/response dataclasses and the plugin loader."""
+
+from __future__ import annotations
+
+import enum
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Outcome(enum.StrEnum):
+    """What a switch said about money movement.
+
+    UNKNOWN is never a decline: the money may or may not have moved, so the engine keeps the
+    claim in processing and asks ``status`` later. NOT_FOUND only comes from ``status``: the
+    switch has no record of the transaction, so nothing moved.
+    """
+
+    APPROVED = "approved"
+    DECLINED = "declined"
+    UNKNOWN = "unknown"
+    NOT_FOUND = "not_found"
+
+
+# Response codes caused by the receiving card: the customer may retry with another card.
+CUSTOMER_FIXABLE_CODES = frozenset({52, 72})
+
+
+def mask_pan(pan: str) -> str:
+    """The only form of a card number that may be shown or logged."""
+    return "****" + pan[-4:] if len(pan) >= 4 else "****"
+
+
+@dataclass(frozen=True)
+class Card:
+    """A paying card. ``repr`` is masked so a stray log line cannot leak it."""
+
+    pan: str
+    exp_date: str  # YYmm
+    ipin: str
+
+    def __repr__(self) -> str:
+        return f"Card({mask_pan(self.pan)})"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class TransferRequest:
+    """One transfer attempt. ``tran_uuid`` is fresh per attempt and persisted by the engine
+    before ``transfer`` is called, so ``status(tran_uuid)`` can always settle it."""
+
+    tran_uuid: str
+    from_card: Card
+    to_pan: str
+    amount: int  # whole SDG
+    currency: str = "SDG"
+
+    def __repr__(self) -> str:
+        return (
+            f"TransferRequest({self.tran_uuid}, {self.from_card!r} -> {mask_pan(self.to_pan)},"
+            f" {self.amount} {self.currency})"
+        )
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    """The answer to ``transfer`` or ``status``.
+
+    ``code`` is the switch's response code (0 approved) or None when there was no clear
+    answer. ``raw`` is the switch's reply with card numbers masked and IPIN blocks removed,
+    safe to store and show to the provider.
+    """
+
+    outcome: Outcome
+    tran_uuid: str
+    code: int | None = None
+    message: str = ""
+    reference: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def customer_fixable(self) -> bool:
+        return self.outcome is Outcome.DECLINED and self.code in CUSTOMER_FIXABLE_CODES
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Whether a card, its expiry and IPIN are good, checked with the switch."""
+
+    ok: bool
+    code: int | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything any gateway may need, built by the server from its settings.
+
+    A plain dataclass so gateways never import the server package.
+    """
+
+    environment: str = "sandbox"  # sandbox | production
+    data_dir: str = "./var"  # where the mock switch keeps its ledger
+    mock_latency_ms: int = 0
+    ebs_url: str | None = None  # base URL ending with '/'
+    ebs_application_id: str | None = None
+    ebs_public_key: str | None = None  # base64 DER SubjectPublicKeyInfo; None = getPublicKey
+    ebs_ca_file: str | None = None
+    ebs_connect_timeout: float = 10.0
+    ebs_request_timeout: float = 60.0
+    ebs_datetime_format: str = "%d%m%y%H%M%S"
+    ebs_timezone: str = "Africa/Khartoum"
+
+
+class Gateway(ABC):
+    """A card switch. Every method returns a value; only programming errors raise."""
+
+    name: str = "gateway"
+
+    @classmethod
+    def from_config(cls, config: GatewayConfig) -> Gateway:
+        return cls()  # type: ignore[call-arg]
+
+    @abstractmethod
+    async def transfer(self, request: TransferRequest) -> TransferResult:
+        """Move money once. Must be safe to follow with ``status(request.tran_uuid)``."""
+
+    @abstractmethod
+    async def status(self, tran_uuid: str) -> TransferResult:
+        """What became of an earlier transfer: APPROVED, DECLINED, NOT_FOUND or UNKNOWN."""
+
+    async def verify_card(self, card: Card) -> VerifyResult | None:
+        """Check a paying card with the switch; None when this gateway cannot."""
+        return None
+
+    async def is_alive(self) -> bool | None:
+        """Liveness of the switch; None when this gateway cannot tell."""
+        return None
+
+    async def close(self) -> None:  # noqa: B027 - an optional hook, not abstract
+        """Release connections and files."""
+
+
+BUILTIN_GATEWAYS = {
+    "mock": "gateways.mock:MockGateway",
+    "ebs": "gateways.ebs:EbsGateway",
+}
+
+
+def load_gateway_class(spec: str) -> type[Gateway]:
+    """Resolve ``mock``, ``ebs`` or ``package.module:Class`` to a Gateway subclass."""
+    target = BUILTIN_GATEWAYS.get(spec, spec)
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"gateway {spec!r} is not 'mock', 'ebs' or 'package.module:Class'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"gateway {spec!r}: cannot import {module_name}: {exc}") from exc
+    cls = getattr(module, attr, None)
+    if not isinstance(cls, type) or not issubclass(cls, Gateway):
+        raise ValueError(f"gateway {spec!r}: {attr} is not a Gateway subclass")
+    return cls
+
+
+def create_gateway(spec: str, config: GatewayConfig) -> Gateway:
+    return load_gateway_class(spec).from_config(config)

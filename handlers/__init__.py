@@ -1,0 +1,1 @@
+"""Tornado request handlers: parse, authorize, call the engine, render."""

@@ -1,0 +1,129 @@
+"""Shared request handling: security headers, JSON errors, body parsing, authentication."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from tornado import httputil
+from tornado.web import HTTPError, RequestHandler
+
+from server.errors import ApiError
+from server.store import is_unavailable
+from server.validation import parse_json_object
+
+if TYPE_CHECKING:
+    from server.app import Services
+    from server.models import Provider
+
+log = logging.getLogger("cashout.http")
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+    503: "unavailable",
+}
+
+
+class BaseHandler(RequestHandler):
+    """Every handler: security headers, and no stack trace ever reaches a client."""
+
+    route = "?"
+
+    def initialize(self, route: str = "?") -> None:
+        self.route = route
+
+    @property
+    def services(self) -> Services:
+        return self.application.settings["services"]
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Security-Policy",
+                        "default-src 'self'; frame-ancestors 'none'; form-action 'self'")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header("Cache-Control", "no-store")
+        if self.application.settings.get("production"):
+            self.set_header("Strict-Transport-Security", "max-age=63072000; includeSubDomains")
+        self.clear_header("Server")
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            status_code = exc.status
+        elif exc is not None and is_unavailable(exc):
+            status_code = 503
+        super().send_error(status_code, **kwargs)
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, ApiError):
+            return  # an answer, not a failure; the access log line records it
+        if isinstance(value, HTTPError):
+            if value.log_message:
+                log.warning("%s %s: %s", self.request.method, self.route, value.log_message)
+            return
+        if is_unavailable(value):
+            log.warning("%s %s: database unavailable: %s", self.request.method, self.route,
+                        type(value).__name__)
+            return
+        log.error("%s %s failed", self.request.method, self.route, exc_info=(typ, value, tb))
+
+    def error_body(self, status_code: int, exc: BaseException | None) -> dict[str, Any]:
+        if isinstance(exc, ApiError):
+            return exc.body()
+        if exc is not None and is_unavailable(exc):
+            return {"message": "The service is briefly unavailable; try again shortly.",
+                    "code": "unavailable"}
+        if status_code >= 500:
+            return {"message": "Something went wrong on our side; it has been logged.",
+                    "code": "internal_error"}
+        reason = httputil.responses.get(status_code, "Error")
+        return {"message": reason + ".", "code": _HTTP_CODES.get(status_code, "error")}
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        self.write_json(self.error_body(status_code, exc))
+
+    def write_json(self, body: Any, status: int | None = None) -> None:
+        if status is not None:
+            self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps(body, separators=(",", ":")))
+
+
+class ApiHandler(BaseHandler):
+    """A provider API route: JSON in, JSON out, authenticated by API key."""
+
+    def json_body(self, optional: bool = False) -> dict[str, Any]:
+        raw = self.request.body
+        if optional and not raw.strip():
+            return {}
+        if len(raw) > self.services.settings.max_body_bytes:
+            raise ApiError(413, "payload_too_large",
+                           f"The body is larger than {self.services.settings.max_body_bytes} "
+                           "bytes.")
+        ctype = self.request.headers.get("Content-Type", "")
+        if ctype.split(";", 1)[0].strip().lower() != "application/json":
+            raise ApiError(415, "unsupported_media_type",
+                           "Send the body as JSON with 'Content-Type: application/json'.")
+        return parse_json_object(raw)
+
+    async def provider(self, name: str) -> Provider:
+        return await self.services.providers.authenticate(
+            self.request.headers.get("Authorization"), name)
+
+
+class NotFoundHandler(BaseHandler):
+    """Unknown routes answer JSON too."""
+
+    def prepare(self) -> None:
+        raise ApiError(404, "not_found", "No such route.")

@@ -1,0 +1,19 @@
+"""Endpoints for the operator and load balancers: no authentication, nothing secret."""
+
+from __future__ import annotations
+
+from handlers.base import BaseHandler
+
+
+class HealthHandler(BaseHandler):
+    def get(self) -> None:
+        self.write_json({"status": "ok"})
+
+
+class ReadyHandler(BaseHandler):
+    async def get(self) -> None:
+        db = await self.services.store.ping()
+        alive = await self.services.gateway.is_alive()
+        ready = db and alive is not False
+        self.write_json({"status": "ok" if ready else "unavailable", "database": db,
+                         "gateway": alive}, status=200 if ready else 503)

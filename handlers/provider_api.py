@@ -1,0 +1,72 @@
+"""The provider JSON API of DESIGN.md section 4."""
+
+from __future__ import annotations
+
+from handlers.base import ApiHandler
+
+
+class RegisterHandler(ApiHandler):
+    async def post(self) -> None:
+        creds = await self.services.providers.register(self.json_body())
+        self.write_json({"result": "ok", "api_key": creds.api_key,
+                         "webhook_secret": creds.webhook_secret})
+
+
+class GenerateHandler(ApiHandler):
+    async def post(self, name: str) -> None:
+        provider = await self.provider(name)
+        generated = await self.services.claims.generate(provider, self.json_body())
+        self.write_json(self.services.claims.generated_body(generated.claim),
+                        status=201 if generated.created else 200)
+
+
+class ClaimHandler(ApiHandler):
+    async def get(self, name: str, uuid: str) -> None:
+        provider = await self.provider(name)
+        claim = await self.services.claims.get(provider, uuid)
+        self.write_json(claim.public())
+
+
+class ClaimsHandler(ApiHandler):
+    async def get(self, name: str) -> None:
+        provider = await self.provider(name)
+        claims = self.services.claims
+        ref = self.get_query_argument("id", None)
+        if ref is not None:
+            self.write_json((await claims.get_by_ref(provider, ref)).public())
+            return
+        page = await claims.list(provider, status=self.get_query_argument("status", None),
+                                 limit=self.get_query_argument("limit", None),
+                                 after=self.get_query_argument("after", None))
+        self.write_json({"claims": [c.public() for c in page.claims], "next": page.next_cursor})
+
+
+class CancelHandler(ApiHandler):
+    async def post(self, name: str, uuid: str) -> None:
+        provider = await self.provider(name)
+        claim = await self.services.claims.cancel(provider, uuid, self.json_body(optional=True))
+        self.write_json(claim.public())
+
+
+class ProfileHandler(ApiHandler):
+    async def get(self, name: str) -> None:
+        provider = await self.provider(name)
+        self.write_json(provider.public())
+
+    async def post(self, name: str) -> None:
+        provider = await self.provider(name)
+        updated = await self.services.providers.update_profile(provider, self.json_body())
+        self.write_json({"result": "ok", **updated.public()})
+
+
+class RotateKeysHandler(ApiHandler):
+    async def post(self, name: str) -> None:
+        provider = await self.provider(name)
+        creds, updated = await self.services.providers.rotate(provider, self.json_body())
+        body: dict[str, object] = {"result": "ok"}
+        if creds.api_key:
+            body["api_key"] = creds.api_key
+        if creds.webhook_secret:
+            body["webhook_secret"] = creds.webhook_secret
+            body["webhook_secrets"] = updated.public()["webhook_secrets"]
+        self.write_json(body)

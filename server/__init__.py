@@ -1,0 +1,1 @@
+"""The cashout service: app factory, settings, storage, crypto, engine, start-up."""

@@ -1,0 +1,34 @@
+"""The one error type the engine raises for the API to render as ``{"message", "code"}``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ApiError(Exception):
+    """A refusal the caller can act on. ``message`` never holds card data or secrets."""
+
+    status: int
+    code: str
+    message: str
+    details: list[dict[str, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.code}: {self.message}"
+
+    def body(self) -> dict[str, object]:
+        body: dict[str, object] = {"message": self.message, "code": self.code}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+def not_found(what: str = "not found") -> ApiError:
+    return ApiError(404, "not_found", what)
+
+
+def invalid(field_name: str, problem: str, code: str = "invalid_request",
+            message: str | None = None) -> ApiError:
+    return ApiError(400, code, message or f"{field_name} {problem}",
+                    [{"field": field_name, "problem": problem}])

@@ -1,0 +1,150 @@
+"""Typed records that cross module boundaries (store <-> engine <-> handlers)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from server.crypto import Sealed
+
+
+class ClaimStatus(enum.StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({ClaimStatus.SUCCEEDED, ClaimStatus.FAILED, ClaimStatus.EXPIRED,
+                      ClaimStatus.CANCELLED})
+
+
+def utcnow() -> datetime:
+    """BSON keeps milliseconds; truncating here keeps values equal after a round trip."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def as_utc(value: datetime) -> datetime:
+    """The driver hands back naive UTC datetimes; make them aware."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def rfc3339(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return as_utc(value).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class SealedCard:
+    """A provider's paying card as stored: every part encrypted, last four in clear."""
+
+    pan: Sealed
+    exp_date: Sealed
+    ipin: Sealed
+    last4: str
+
+
+@dataclass(frozen=True)
+class WebhookSecret:
+    """One signing secret; several are live for a while after a rotation."""
+
+    secret_id: str
+    secret: Sealed
+    created_at: datetime
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    key_hash: str
+    card: SealedCard
+    endpoint: str
+    secrets: tuple[WebhookSecret, ...]
+    created_at: datetime
+    updated_at: datetime
+
+    def public(self) -> dict[str, Any]:
+        """What the provider may see of itself: nothing secret, the card masked."""
+        return {
+            "name": self.name,
+            "endpoint": self.endpoint,
+            "card": "****" + self.card.last4,
+            "created_at": rfc3339(self.created_at),
+            "updated_at": rfc3339(self.updated_at),
+            "webhook_secrets": [
+                {"id": s.secret_id, "created_at": rfc3339(s.created_at),
+                 "expires_at": rfc3339(s.expires_at)}
+                for s in self.secrets
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One transfer attempt; its gateway UUID is stored before the gateway is called."""
+
+    tran_uuid: str
+    started_at: datetime
+    card_last4: str
+    outcome: str | None = None  # None while in flight
+    code: int | None = None
+    message: str | None = None
+    finished_at: datetime | None = None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "tran_uuid": self.tran_uuid,
+            "started_at": rfc3339(self.started_at),
+            "finished_at": rfc3339(self.finished_at),
+            "card": "****" + self.card_last4,
+            "outcome": self.outcome or "in_flight",
+            "code": self.code,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
+class Claim:
+    uuid: str
+    provider: str
+    ref: str  # the provider's own id
+    amount: int
+    status: ClaimStatus
+    created_at: datetime
+    expires_at: datetime
+    day: str  # UTC day the amount counts against the provider's daily total
+    claimed_at: datetime | None = None
+    completed_at: datetime | None = None
+    card_last4: str | None = None
+    card_pan: Sealed | None = None
+    response_code: int | None = None
+    response_message: str | None = None
+    attempts: tuple[Attempt, ...] = field(default_factory=tuple)
+
+    def public(self) -> dict[str, Any]:
+        """The provider's view of a claim (no card beyond its last four digits)."""
+        return {
+            "uuid": self.uuid,
+            "id": self.ref,
+            "amount": self.amount,
+            "status": str(self.status),
+            "created_at": rfc3339(self.created_at),
+            "expires_at": rfc3339(self.expires_at),
+            "claimed_at": rfc3339(self.claimed_at),
+            "completed_at": rfc3339(self.completed_at),
+            "card": ("****" + self.card_last4) if self.card_last4 else None,
+            "response_code": self.response_code,
+            "response_message": self.response_message,
+            "attempts": [a.public() for a in self.attempts],
+        }

@@ -1,0 +1,347 @@
+"""Everything that talks to MongoDB. No other module imports the driver.
+
+Keeping every query here means each one has an index next to it (``INDEXES``) and the driver
+(motor today, ``pymongo.AsyncMongoClient`` tomorrow) can be swapped in one file.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pymongo
+from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from server.crypto import Sealed
+from server.models import (
+    Attempt,
+    Claim,
+    ClaimStatus,
+    Provider,
+    SealedCard,
+    WebhookSecret,
+    as_utc,
+)
+
+# (collection, keys, options): one entry for every query this module makes.
+INDEXES: tuple[tuple[str, list[tuple[str, int]], dict[str, Any]], ...] = (
+    ("providers", [("key_hash", ASCENDING)], {"unique": True, "name": "key_hash_unique"}),
+    ("claims", [("provider", ASCENDING), ("ref", ASCENDING)],
+     {"unique": True, "name": "provider_ref_unique"}),
+    ("claims", [("provider", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
+     {"name": "provider_newest"}),
+    ("claims", [("provider", ASCENDING), ("status", ASCENDING), ("created_at", DESCENDING),
+                ("_id", DESCENDING)], {"name": "provider_status_newest"}),
+    ("claims", [("status", ASCENDING), ("expires_at", ASCENDING)], {"name": "status_expiry"}),
+)
+
+
+class Duplicate(Exception):
+    """A unique index refused the write."""
+
+
+@dataclass(frozen=True)
+class SealedField:
+    """Where one sealed value lives, and the associated-data name it was sealed under."""
+
+    collection: str
+    doc_id: str
+    path: str
+    aad_field: str
+    value: Sealed
+
+
+@dataclass(frozen=True)
+class Page:
+    claims: list[Claim]
+    next_cursor: str | None
+
+
+def _sealed_doc(value: Sealed) -> dict[str, Any]:
+    return value.to_doc()
+
+
+def _provider_from_doc(doc: Mapping[str, Any]) -> Provider:
+    card = doc["card"]
+    return Provider(
+        name=doc["_id"],
+        key_hash=doc["key_hash"],
+        card=SealedCard(
+            pan=Sealed.from_doc(card["pan"]),
+            exp_date=Sealed.from_doc(card["exp"]),
+            ipin=Sealed.from_doc(card["ipin"]),
+            last4=card["last4"],
+        ),
+        endpoint=doc["endpoint"],
+        secrets=tuple(
+            WebhookSecret(
+                secret_id=s["sid"],
+                secret=Sealed.from_doc(s["secret"]),
+                created_at=as_utc(s["created_at"]),
+                expires_at=as_utc(s["expires_at"]) if s.get("expires_at") else None,
+            )
+            for s in doc["secrets"]
+        ),
+        created_at=as_utc(doc["created_at"]),
+        updated_at=as_utc(doc["updated_at"]),
+    )
+
+
+def _card_doc(card: SealedCard) -> dict[str, Any]:
+    return {"pan": _sealed_doc(card.pan), "exp": _sealed_doc(card.exp_date),
+            "ipin": _sealed_doc(card.ipin), "last4": card.last4}
+
+
+def _secrets_doc(secrets: tuple[WebhookSecret, ...]) -> list[dict[str, Any]]:
+    return [{"sid": s.secret_id, "secret": _sealed_doc(s.secret), "created_at": s.created_at,
+             "expires_at": s.expires_at} for s in secrets]
+
+
+def _provider_doc(p: Provider) -> dict[str, Any]:
+    return {
+        "_id": p.name,
+        "key_hash": p.key_hash,
+        "card": _card_doc(p.card),
+        "endpoint": p.endpoint,
+        "secrets": _secrets_doc(p.secrets),
+        "created_at": p.created_at,
+        "updated_at": p.updated_at,
+    }
+
+
+def _opt_dt(value: datetime | None) -> datetime | None:
+    return as_utc(value) if value else None
+
+
+def _claim_from_doc(doc: Mapping[str, Any]) -> Claim:
+    card = doc.get("card") or {}
+    return Claim(
+        uuid=doc["_id"],
+        provider=doc["provider"],
+        ref=doc["ref"],
+        amount=doc["amount"],
+        status=ClaimStatus(doc["status"]),
+        created_at=as_utc(doc["created_at"]),
+        expires_at=as_utc(doc["expires_at"]),
+        day=doc["day"],
+        claimed_at=_opt_dt(doc.get("claimed_at")),
+        completed_at=_opt_dt(doc.get("completed_at")),
+        card_last4=card.get("last4"),
+        card_pan=Sealed.from_doc(card["pan"]) if card.get("pan") else None,
+        response_code=doc.get("response_code"),
+        response_message=doc.get("response_message"),
+        attempts=tuple(
+            Attempt(
+                tran_uuid=a["tran_uuid"],
+                started_at=as_utc(a["started_at"]),
+                card_last4=a["card_last4"],
+                outcome=a.get("outcome"),
+                code=a.get("code"),
+                message=a.get("message"),
+                finished_at=_opt_dt(a.get("finished_at")),
+            )
+            for a in doc.get("attempts", ())
+        ),
+    )
+
+
+def _claim_doc(c: Claim) -> dict[str, Any]:
+    return {
+        "_id": c.uuid,
+        "provider": c.provider,
+        "ref": c.ref,
+        "amount": c.amount,
+        "status": str(c.status),
+        "created_at": c.created_at,
+        "expires_at": c.expires_at,
+        "day": c.day,
+        "attempts": [],
+    }
+
+
+def encode_cursor(claim: Claim) -> str:
+    raw = f"{int(claim.created_at.timestamp() * 1000)}:{claim.uuid}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str] | None:
+    """None for anything that is not a cursor this module made."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        millis, _, uuid = raw.partition(":")
+        return datetime.fromtimestamp(int(millis) / 1000, UTC), uuid
+    except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError, OSError):
+        return None
+
+
+class Store:
+    """The service's MongoDB database; ``is_unavailable`` tells outages from bugs."""
+
+    def __init__(self, uri: str, db_name: str, timeout_ms: int = 5000):
+        self.client: AsyncIOMotorClient = AsyncIOMotorClient(
+            uri,
+            serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms,
+            socketTimeoutMS=max(timeout_ms * 2, 10_000),
+            tz_aware=True,
+            retryWrites=True,
+        )
+        self.db: AsyncIOMotorDatabase = self.client[db_name]
+
+    def close(self) -> None:
+        self.client.close()
+
+    async def ping(self) -> bool:
+        try:
+            await self.db.command("ping")
+            return True
+        except PyMongoError:
+            return False
+
+    async def create_indexes(self) -> None:
+        for collection, keys, options in INDEXES:
+            await self.db[collection].create_index(keys, **options)
+
+    # -- providers -------------------------------------------------------------------------
+
+    async def insert_provider(self, provider: Provider) -> None:
+        try:
+            await self.db.providers.insert_one(_provider_doc(provider))
+        except DuplicateKeyError as exc:
+            raise Duplicate(provider.name) from exc
+
+    async def provider(self, name: str) -> Provider | None:
+        doc = await self.db.providers.find_one({"_id": name})
+        return _provider_from_doc(doc) if doc else None
+
+    async def provider_by_key_hash(self, key_hash: str) -> Provider | None:
+        doc = await self.db.providers.find_one({"key_hash": key_hash})
+        return _provider_from_doc(doc) if doc else None
+
+    async def update_provider(self, name: str, *, updated_at: datetime,
+                              endpoint: str | None = None, card: SealedCard | None = None,
+                              key_hash: str | None = None,
+                              secrets: tuple[WebhookSecret, ...] | None = None
+                              ) -> Provider | None:
+        changes: dict[str, Any] = {"updated_at": updated_at}
+        if endpoint is not None:
+            changes["endpoint"] = endpoint
+        if card is not None:
+            changes["card"] = _card_doc(card)
+        if key_hash is not None:
+            changes["key_hash"] = key_hash
+        if secrets is not None:
+            changes["secrets"] = _secrets_doc(secrets)
+        doc = await self.db.providers.find_one_and_update(
+            {"_id": name}, {"$set": changes}, return_document=ReturnDocument.AFTER)
+        return _provider_from_doc(doc) if doc else None
+
+    # -- daily totals ----------------------------------------------------------------------
+
+    async def reserve_daily(self, provider: str, day: str, amount: int, limit: int) -> bool:
+        """Atomically add ``amount`` to the day's total unless that would pass ``limit``.
+
+        ``update_one`` rather than ``find_one_and_update``: its counts are what decide, and
+        the embedded server can answer a racing upsert with no document although it applied.
+        """
+        query = {"_id": f"{provider}:{day}", "total": {"$lte": limit - amount}}
+        update = {"$inc": {"total": amount}, "$setOnInsert": {"provider": provider, "day": day}}
+        try:
+            result = await self.db.daily_totals.update_one(query, update, upsert=True)
+        except DuplicateKeyError:
+            # Either the day's document is too full to match, or a concurrent first
+            # reservation created it under us; now that it exists, a plain update decides.
+            result = await self.db.daily_totals.update_one(query, update)
+        return result.modified_count == 1 or result.upserted_id is not None
+
+    async def release_daily(self, provider: str, day: str, amount: int) -> None:
+        await self.db.daily_totals.update_one({"_id": f"{provider}:{day}"},
+                                              {"$inc": {"total": -amount}})
+
+    async def daily_total(self, provider: str, day: str) -> int:
+        doc = await self.db.daily_totals.find_one({"_id": f"{provider}:{day}"})
+        return int(doc["total"]) if doc else 0
+
+    # -- claims ----------------------------------------------------------------------------
+
+    async def insert_claim(self, claim: Claim) -> None:
+        try:
+            await self.db.claims.insert_one(_claim_doc(claim))
+        except DuplicateKeyError as exc:
+            raise Duplicate(claim.ref) from exc
+
+    async def claim(self, provider: str, uuid: str) -> Claim | None:
+        doc = await self.db.claims.find_one({"_id": uuid, "provider": provider})
+        return _claim_from_doc(doc) if doc else None
+
+    async def claim_by_ref(self, provider: str, ref: str) -> Claim | None:
+        doc = await self.db.claims.find_one({"provider": provider, "ref": ref})
+        return _claim_from_doc(doc) if doc else None
+
+    async def list_claims(self, provider: str, *, status: str | None, limit: int,
+                          after: tuple[datetime, str] | None) -> Page:
+        query: dict[str, Any] = {"provider": provider}
+        if status:
+            query["status"] = status
+        if after:
+            created, uuid = after
+            query["$or"] = [{"created_at": {"$lt": created}},
+                            {"created_at": created, "_id": {"$lt": uuid}}]
+        cursor = self.db.claims.find(query).sort(
+            [("created_at", DESCENDING), ("_id", DESCENDING)]).limit(limit + 1)
+        claims = [_claim_from_doc(d) async for d in cursor]
+        more = len(claims) > limit
+        claims = claims[:limit]
+        return Page(claims, encode_cursor(claims[-1]) if more and claims else None)
+
+    async def cancel_claim(self, provider: str, uuid: str, now: datetime) -> Claim | None:
+        """Compare-and-set pending -> cancelled; None when the claim was not pending."""
+        doc = await self.db.claims.find_one_and_update(
+            {"_id": uuid, "provider": provider, "status": str(ClaimStatus.PENDING)},
+            {"$set": {"status": str(ClaimStatus.CANCELLED), "completed_at": now}},
+            return_document=ReturnDocument.AFTER,
+        )
+        return _claim_from_doc(doc) if doc else None
+
+    # -- key rotation ----------------------------------------------------------------------
+
+    async def sealed_fields(self, not_kid: str) -> AsyncIterator[SealedField]:
+        """Every sealed value not sealed by key ``not_kid``, wherever it is stored."""
+        providers = self.db.providers.find(
+            {"$or": [{"card.pan.kid": {"$ne": not_kid}}, {"card.exp.kid": {"$ne": not_kid}},
+                     {"card.ipin.kid": {"$ne": not_kid}},
+                     {"secrets.secret.kid": {"$ne": not_kid}}]})
+        async for doc in providers:
+            for part in ("pan", "exp", "ipin"):
+                yield SealedField("providers", doc["_id"], f"card.{part}", f"card.{part}",
+                                  Sealed.from_doc(doc["card"][part]))
+            for i, secret in enumerate(doc["secrets"]):
+                yield SealedField("providers", doc["_id"], f"secrets.{i}.secret",
+                                  f"secrets.{secret['sid']}", Sealed.from_doc(secret["secret"]))
+        claims = self.db.claims.find({"card.pan": {"$exists": True},
+                                      "card.pan.kid": {"$ne": not_kid}})
+        async for doc in claims:
+            yield SealedField("claims", doc["_id"], "card.pan", "card.pan",
+                              Sealed.from_doc(doc["card"]["pan"]))
+
+    async def swap_sealed(self, field: SealedField, new: Sealed) -> bool:
+        """Replace one sealed value only if it is still the one we read."""
+        result = await self.db[field.collection].update_one(
+            {"_id": field.doc_id, field.path: _sealed_doc(field.value)},
+            {"$set": {field.path: _sealed_doc(new)}})
+        return result.modified_count == 1
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Errors that mean "the database is not answering" rather than a bug."""
+    return isinstance(exc, (pymongo.errors.ServerSelectionTimeoutError,
+                            pymongo.errors.NetworkTimeout,
+                            pymongo.errors.AutoReconnect,
+                            pymongo.errors.ConnectionFailure,
+                            pymongo.errors.ExecutionTimeout))

@@ -1,0 +1,189 @@
+"""Request validation: JSON Schema files from ``schemas/`` plus the checks a schema cannot do.
+
+Problems are written from the schema, never from the rejected value, so an error message can
+never echo a card number or IPIN back into a response or a log.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from functools import cache, lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+from referencing import Registry, Resource
+
+from server.errors import ApiError, invalid
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{2,63}$")
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+_DIGIT_RUN = re.compile(r"\d{6,}")
+_TYPE_WORDS = {"integer": "an integer", "string": "a string", "boolean": "true or false",
+               "object": "a JSON object", "array": "a list", "number": "a number"}
+
+
+@lru_cache(maxsize=1)
+def _registry() -> Registry:
+    resources = []
+    for path in sorted(SCHEMA_DIR.glob("*.json")):
+        contents = json.loads(path.read_text())
+        resources.append((contents["$id"], Resource.from_contents(contents)))
+    return Registry().with_resources(resources)
+
+
+@cache
+def validator(name: str) -> Draft202012Validator:
+    schema = json.loads((SCHEMA_DIR / f"{name}.json").read_text())
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema, registry=_registry())
+
+
+def _safe_name(text: str) -> str:
+    """A client-chosen field name, shortened and with digit runs hidden."""
+    return _DIGIT_RUN.sub("***", text[:64])
+
+
+def _problem(error: ValidationError) -> list[dict[str, str]]:
+    path = "/".join(_safe_name(str(p)) for p in error.absolute_path)
+    kind, value, schema = error.validator, error.validator_value, error.schema
+    instance = error.instance
+    if kind == "required":
+        missing = [r for r in value if isinstance(instance, dict) and r not in instance]
+        return [{"field": "/".join(filter(None, [path, m])), "problem": "is required"}
+                for m in missing]
+    if kind == "additionalProperties":
+        known = set(schema.get("properties", {}))
+        extra = sorted(k for k in instance if k not in known) if isinstance(instance, dict) else []
+        return [{"field": "/".join(filter(None, [path, _safe_name(k)])),
+                 "problem": "is not a known field"} for k in extra]
+    if kind == "dependentRequired":
+        return [{"field": path or "(body)",
+                 "problem": "pan, expDate, ipin and consent must be given together"}]
+    field = path or "(body)"
+    if kind == "type":
+        types = value if isinstance(value, list) else [value]
+        problem = "must be " + " or ".join(_TYPE_WORDS.get(t, t) for t in types)
+    elif kind == "pattern":
+        problem = schema.get("x-problem", "has the wrong format")
+    elif kind == "minimum":
+        problem = f"must be at least {value}"
+    elif kind == "maximum":
+        problem = f"must be at most {value}"
+    elif kind == "minLength":
+        problem = "must not be empty" if value == 1 else f"must be at least {value} characters"
+    elif kind == "maxLength":
+        problem = f"must be at most {value} characters"
+    elif kind == "minProperties":
+        problem = "must name at least one field"
+    else:
+        problem = "is not valid"
+    return [{"field": field, "problem": problem}]
+
+
+def check(name: str, body: Any) -> dict[str, Any]:
+    """Validate ``body`` against ``schemas/<name>.json`` or raise 400 invalid_request."""
+    errors = sorted(validator(name).iter_errors(body), key=lambda e: list(e.absolute_path))
+    if errors:
+        details: list[dict[str, str]] = []
+        for error in errors:
+            for item in _problem(error):
+                if item not in details:
+                    details.append(item)
+        summary = "; ".join(f"{d['field']} {d['problem']}" for d in details[:5])
+        raise ApiError(400, "invalid_request", f"The request is not valid: {summary}", details)
+    assert isinstance(body, dict)
+    return body
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """Strict JSON: no NaN/Infinity, no duplicate surprises, and an object at the top."""
+
+    def reject_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        body = json.loads(raw.decode("utf-8"), parse_constant=reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_request", "The request body must be a JSON object.",
+                       [{"field": "(body)", "problem": "must be a JSON object"}])
+    return body
+
+
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def normalise_pan(text: str) -> str | None:
+    """Digits of a card typed by a person (spaces and dashes allowed), or None if invalid."""
+    digits = re.sub(r"[\s-]", "", text)
+    if not digits.isascii() or not digits.isdigit() or len(digits) not in (16, 19):
+        return None
+    return digits if luhn_ok(digits) else None
+
+
+def check_card(body: Mapping[str, Any], now: datetime | None = None) -> None:
+    """What the schema cannot say about a paying card: consent, Luhn, expiry."""
+    if body.get("consent") is not True:
+        raise invalid("consent", "must be true", code="consent_required",
+                      message="The provider must consent to debits from this card.")
+    if not luhn_ok(body["pan"]):
+        raise invalid("pan", "is not a valid card number (check digit)")
+    now = now or datetime.now(UTC)
+    exp = body["expDate"]
+    year, month = 2000 + int(exp[:2]), int(exp[2:])
+    if (year, month) < (now.year, now.month):
+        raise invalid("expDate", "is in the past", code="card_expired",
+                      message="The card has expired.")
+
+
+def check_endpoint(url: str, production: bool) -> str:
+    """An absolute http(s) webhook URL; production also refuses http and private hosts."""
+
+    def bad(problem: str) -> ApiError:
+        return invalid("endpoint", problem, code="invalid_endpoint",
+                       message=f"The webhook endpoint {problem}.")
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise bad("is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise bad("must be an absolute http or https URL")
+    if parts.username or parts.password:
+        raise bad("must not contain credentials")
+    if any(ch.isspace() for ch in url):
+        raise bad("must not contain spaces")
+    if production:
+        if parts.scheme != "https":
+            raise bad("must use https")
+        if host == "localhost" or host.endswith(".localhost") or _is_internal_ip(host):
+            raise bad("must be a public address")
+    return url
+
+
+def _is_internal_ip(host: str) -> bool:
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return not addr.is_global or addr.is_multicast

@@ -1,0 +1,115 @@
+"""Fixtures: one database for the session, servers as real processes, and leak checks on
+every server log and on pytest's own failure output."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pymongo
+import pytest
+
+from server.logs import mask
+from server.validation import luhn_ok
+from tests.harness import ROOT, Database, ServerProcess, leaks_in
+
+ARTIFACTS = ROOT / "test-artifacts"
+_names = itertools.count(1)
+
+
+def random_pan(last4: str | None = None, length: int = 16) -> str:
+    """A Luhn-valid card number that no other test uses (optionally ending in ``last4``)."""
+    while True:
+        body = "9" + "".join(secrets.choice("0123456789") for _ in range(length - 2))
+        if last4 is None:
+            for check in "0123456789":
+                if luhn_ok(body + check):
+                    return body + check
+        else:
+            pan = body[: length - 4] + last4
+            if luhn_ok(pan):
+                return pan
+
+
+def unique_name(prefix: str = "prov") -> str:
+    return f"{prefix}-{next(_names)}-{secrets.token_hex(3)}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[None]:
+    """Failure output passes through the same mask as the server's logs."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and report.longrepr is not None:
+        report.longrepr = mask(str(report.longrepr))
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def log_dir(artifacts: Path) -> Path:
+    path = artifacts / "logs"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="session")
+def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
+    db = Database(tmp_path_factory.mktemp("database")).start()
+    yield db
+    db.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo(database: Database) -> Iterator[pymongo.MongoClient[Any]]:
+    client: pymongo.MongoClient[Any] = pymongo.MongoClient(database.uri, tz_aware=True)
+    yield client
+    client.close()
+
+
+ServerFactory = Callable[..., ServerProcess]
+
+
+@pytest.fixture(scope="module")
+def server_factory(database: Database, log_dir: Path,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Start servers on the shared database, each with its own database name; on teardown
+    stop them and fail if a log holds any secret the run created."""
+    started: list[ServerProcess] = []
+
+    def start(env: dict[str, str] | None = None, *, db_name: str | None = None,
+              wait: bool = True, args: tuple[str, ...] = ()) -> ServerProcess:
+        env = dict(env or {})
+        env.setdefault("CASHOUT_MONGODB_URI", database.uri)
+        env.setdefault("CASHOUT_DB_NAME", db_name or unique_name("db").replace("-", "_"))
+        env.setdefault("CASHOUT_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+        proc = ServerProcess(log_dir, env, name=env["CASHOUT_DB_NAME"], args=args)
+        started.append(proc)
+        return proc.start(wait=wait)
+
+    yield start  # type: ignore[misc]
+    for proc in started:
+        proc.stop()
+    leaks = {p.log_path.name: leaks_in(p.log()) for p in started}
+    leaks = {name: found for name, found in leaks.items() if found}
+    assert not leaks, f"secrets found in server logs: {leaks}"
+
+
+@pytest.fixture(scope="module")
+def server(server_factory: Callable[..., ServerProcess]) -> ServerProcess:
+    return server_factory()
+
+
+@pytest.fixture(scope="module")
+def db(server: ServerProcess, mongo: pymongo.MongoClient[Any]) -> Any:
+    """The server's database, read directly (never through our store)."""
+    return mongo[server.env["CASHOUT_DB_NAME"]]

@@ -1,0 +1,181 @@
+"""Real processes for tests: the server (`python -m server`) on a free port, the database,
+and a register of every secret the run created so logs can be checked for leaks."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+# Every card number, IPIN, key and secret a test created; logs and outputs must hold none.
+SECRETS: set[str] = set()
+SHORT_SECRETS: set[str] = set()  # IPINs and expiries: matched as whole numbers only
+
+
+def remember(*values: str) -> None:
+    for value in values:
+        if value and len(value) >= 8:
+            SECRETS.add(value)
+        elif value:
+            SHORT_SECRETS.add(value)
+
+
+def leaks_in(text: str) -> list[str]:
+    """Which remembered secrets appear in ``text`` (described, never quoted whole)."""
+    found = [f"secret ending {s[-4:]}" for s in SECRETS if s in text]
+    for short in SHORT_SECRETS:
+        if re.search(rf"(?<![\d.:-]){re.escape(short)}(?![\d.:-])", text):
+            found.append(f"short secret {short[:1]}***")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05,
+               what: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class ServerProcess:
+    """``python -m server`` as a child process with its output captured to a file."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str], name: str = "server",
+                 args: Iterable[str] = ()):
+        self.port = int(env.get("CASHOUT_PORT") or free_port())
+        self.env = {**os.environ, "CASHOUT_PORT": str(self.port),
+                    "CASHOUT_PUBLIC_URL": f"http://127.0.0.1:{self.port}", **env}
+        self.env["CASHOUT_PORT"] = str(self.port)
+        self.args = list(args)
+        self.log_path = log_dir / f"{name}-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True, timeout: float = 30.0) -> ServerProcess:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([PYTHON, "-m", "server", *self.args], cwd=ROOT,
+                                     env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n"
+                                     + self.log()[-2000:])
+            try:
+                return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, timeout, what="the server to answer /healthz")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kwargs)
+
+
+class Database:
+    """A SecantusDB server for the whole test session (the same program the service embeds)."""
+
+    def __init__(self, data_dir: Path):
+        self.port = free_port()
+        self.dir = data_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.uri = f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    def start(self) -> Database:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        exe = str(Path(PYTHON).parent / "secantusd-py")
+        log = open(self.dir / "db.log", "ab")
+        self.proc = subprocess.Popen(
+            [exe, "--host", "127.0.0.1", "--port", str(self.port), "--storage-path",
+             str(self.dir / "data"), "--log-level", "WARNING"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+
+        def up() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return True
+            except OSError:
+                return False
+
+        wait_until(up, 30, what="the test database")
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def provider_body(name: str, pan: str, ipin: str = "7391", exp: str = "3012",
+                  endpoint: str = "http://127.0.0.1:9/hook", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "pan": pan, "expDate": exp, "ipin": ipin, "consent": True,
+            "endpoint": endpoint, **extra}
+
+
+def register(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+    """Register a provider and remember its secrets; returns the response body."""
+    remember(body["pan"], body["ipin"])
+    response = client.post("/cashout/register", json=body)
+    assert response.status_code == 200, response.json().get("code")
+    data = response.json()
+    remember(data["api_key"], data["webhook_secret"])
+    return data
+
+
+def auth(api_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"}
+
+
+def signal_name(sig: int) -> str:
+    return signal.Signals(sig).name
