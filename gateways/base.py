@@ -33,6 +33,19 @@ def mask_pan(pan: str) -> str:
     return "****" + pan[-4:] if len(pan) >= 4 else "****"
 
 
+def luhn_ok(number: str) -> bool:
+    """The check digit every real switch verifies before routing a card."""
+    if not number.isascii() or not number.isdigit():
+        return False
+    total = 0
+    for i, ch in enumerate(reversed(number)):
+        d = int(ch)
+        if i % 2 == 1:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
 @dataclass(frozen=True)
 class Card:
     """A paying card. ``repr`` is masked so a stray log line cannot leak it."""

@@ -20,6 +20,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 
+from gateways.base import luhn_ok
 from server.errors import ApiError, invalid
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
@@ -117,18 +118,6 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise ApiError(400, "invalid_request", "The request body must be a JSON object.",
                        [{"field": "(body)", "problem": "must be a JSON object"}])
     return body
-
-
-def luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i % 2:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return total % 10 == 0
 
 
 def normalise_pan(text: str) -> str | None:

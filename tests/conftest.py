@@ -14,7 +14,7 @@ import pymongo
 import pytest
 
 from server.logs import mask
-from server.validation import luhn_ok
+from tests.cards import luhn_card
 from tests.harness import ROOT, Database, ServerProcess, leaks_in
 
 ARTIFACTS = ROOT / "test-artifacts"
@@ -22,17 +22,8 @@ _names = itertools.count(1)
 
 
 def random_pan(last4: str | None = None, length: int = 16) -> str:
-    """A Luhn-valid card number that no other test uses (optionally ending in ``last4``)."""
-    while True:
-        body = "9" + "".join(secrets.choice("0123456789") for _ in range(length - 2))
-        if last4 is None:
-            for check in "0123456789":
-                if luhn_ok(body + check):
-                    return body + check
-        else:
-            pan = body[: length - 4] + last4
-            if luhn_ok(pan):
-                return pan
+    """A Luhn-valid card number no other test uses; its last four avoid the magic 00xx."""
+    return luhn_card(last4 or str(1000 + secrets.randbelow(9000)), length=length)
 
 
 def unique_name(prefix: str = "prov") -> str:

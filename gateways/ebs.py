@@ -1,0 +1,409 @@
+"""The ``ebs`` gateway: Sudan's EBS card switch through its consumer JSON API (EBS.md).
+
+Why it looks the way it does:
+
+* Every call is ``POST <ebs_url><endpoint>`` with a JSON body. EBS answers HTTP 200 even for
+  declines, so only a *clear* answer counts: HTTP 200, ``Content-Type: application/json``
+  (a ``charset`` suffix is fine), a JSON object body with an integer ``responseCode``.
+  Anything else (timeout, connection error, 3xx/4xx/5xx, HTML, missing code) means the money
+  may or may not have moved: ``transfer`` returns UNKNOWN and the engine settles it later
+  with ``status``. A timeout is never a decline.
+* ``status`` asks ``getTransactionStatus`` with a fresh ``UUID`` and ``originalTranUUID``.
+  The top-level ``responseCode`` describes the query; ``originalTransaction.responseCode``
+  the transfer. **Not found** is signalled by a top-level ``responseCode`` of
+  ``STATUS_NOT_FOUND_CODE`` (25, ISO 8583 "unable to locate record") with no
+  ``originalTransaction``; the project's simulator (``gateways.simulator``) uses the same
+  constant. Real EBS's not-found code is not documented in the sources we have: check it
+  against the QA switch and change the constant if it differs. Any other non-zero query code
+  leaves the outcome UNKNOWN.
+* A 613 (``DUPLICATE_TRANSACTION``) reply to ``doCardTransfer`` is reported as UNKNOWN with
+  code 613: that UUID already has an outcome at the switch, which only ``status`` can tell,
+  and calling it a decline could fail a claim whose money did move.
+* The IPIN block is RSA PKCS#1 v1.5 over ``UUID + IPIN`` with the switch's public key
+  (configured, or fetched with ``getPublicKey`` and cached). After a reply with a
+  PIN-block error code (``PIN_BLOCK_ERROR_CODES``) a fetched key is fetched again once and
+  the call retried once with the same UUID (the switch has not accepted that UUID: it could
+  not read the request). A configured key is never replaced. When no key can be had nothing
+  is sent: a clear refusal of ``getPublicKey`` (e.g. 601) is returned as that decline, an
+  unclear one as UNKNOWN (``status`` will then find nothing).
+* Card numbers appear in logs and in ``raw`` only as their last four digits; IPINs, IPIN
+  blocks and expiry dates never do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import re
+import time
+import uuid as uuidlib
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from Crypto.Cipher import PKCS1_v1_5
+from Crypto.PublicKey import RSA
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+from gateways.base import (
+    Card,
+    Gateway,
+    GatewayConfig,
+    Outcome,
+    TransferRequest,
+    TransferResult,
+    VerifyResult,
+    mask_pan,
+)
+
+log = logging.getLogger(__name__)
+
+APPROVED_CODE = 0
+DUPLICATE_CODE = 613
+STATUS_NOT_FOUND_CODE = 25
+# "PIN cryptographic error": the switch could not decrypt the IPIN block (stale key).
+PIN_BLOCK_ERROR_CODES = frozenset({81})
+
+_PAN_KEYS = frozenset({"pan", "tocard", "fromcard", "cardnumber", "primaryaccountnumber"})
+_SECRET_KEYS = frozenset({"ipin", "newipin", "pin", "expdate", "otp", "password"})
+_LONG_DIGITS = re.compile(r"^\d{13,19}$")
+UUID4_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def load_public_key(b64_der: str) -> RSA.RsaKey:
+    """Parse ``pubKeyValue``: base64 of DER SubjectPublicKeyInfo, any key size."""
+    try:
+        key = RSA.import_key(base64.b64decode(b64_der.strip(), validate=True))
+    except (ValueError, IndexError, TypeError) as exc:
+        raise ValueError(f"not a base64 DER RSA public key: {exc}") from exc
+    if key.has_private():
+        key = key.public_key()
+    return key
+
+
+def ipin_block(key: RSA.RsaKey, request_uuid: str, ipin: str) -> str:
+    """EBS's IPIN block: base64(RSA-PKCS#1 v1.5(UUID + IPIN))."""
+    cipher = PKCS1_v1_5.new(key)
+    return base64.b64encode(cipher.encrypt((request_uuid + ipin).encode("ascii"))).decode("ascii")
+
+
+def sanitize(value: Any) -> Any:
+    """A reply made safe to store and show: card numbers masked, IPINs and expiries dropped."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            lk = str(k).lower()
+            if lk in _SECRET_KEYS or "ipin" in lk:
+                continue
+            if lk in _PAN_KEYS and isinstance(v, str | int) and not isinstance(v, bool):
+                out[k] = mask_pan(str(v))
+            else:
+                out[k] = sanitize(v)
+        return out
+    if isinstance(value, list):
+        return [sanitize(v) for v in value]
+    if isinstance(value, str) and _LONG_DIGITS.match(value):
+        return mask_pan(value)
+    return value
+
+
+class _Answer:
+    """One HTTP exchange: ``body`` is set only for a clear EBS answer."""
+
+    __slots__ = ("body", "http_status", "problem")
+
+    def __init__(
+        self, body: dict[str, Any] | None, problem: str = "", http_status: int | None = None
+    ) -> None:
+        self.body = body
+        self.problem = problem
+        self.http_status = http_status
+
+    @property
+    def code(self) -> int | None:
+        return self.body["responseCode"] if self.body is not None else None
+
+    @property
+    def message(self) -> str:
+        if self.body is None:
+            return f"no clear answer from EBS ({self.problem})"
+        return str(self.body.get("responseMessage") or "")
+
+    def raw(self) -> dict[str, Any]:
+        if self.body is not None:
+            return sanitize(self.body)
+        return {"error": self.problem, "httpStatus": self.http_status}
+
+
+def _is_json_content_type(value: str) -> bool:
+    return value.split(";", 1)[0].strip().lower() == "application/json"
+
+
+class EbsGateway(Gateway):
+    """EBS consumer API client; every method returns a value, network trouble included."""
+
+    name = "ebs"
+
+    def __init__(self, config: GatewayConfig) -> None:
+        url = config.ebs_url
+        if not url:
+            raise ValueError("the ebs gateway needs an EBS URL (CASHOUT_EBS_URL)")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("the EBS URL must be an absolute http(s) URL")
+        if config.environment == "production" and parts.scheme != "https":
+            raise ValueError("production refuses an http:// EBS URL; use https")
+        if not config.ebs_application_id:
+            raise ValueError("the ebs gateway needs an application id (CASHOUT_EBS_APPLICATION_ID)")
+        if config.ebs_ca_file and not os.path.isfile(config.ebs_ca_file):
+            raise ValueError("the EBS CA file does not exist")
+        try:
+            self._zone = ZoneInfo(config.ebs_timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown EBS time zone {config.ebs_timezone!r}") from exc
+        sample = datetime.now(self._zone).strftime(config.ebs_datetime_format)
+        if not (len(sample) == 12 and sample.isdigit()):
+            raise ValueError("the EBS tranDateTime format must give 12 digits")
+        self._url = url if url.endswith("/") else url + "/"
+        self._config = config
+        self._configured_key = (
+            load_public_key(config.ebs_public_key) if config.ebs_public_key else None
+        )
+        self._fetched_key: RSA.RsaKey | None = None
+        self._key_failure: _Answer | None = None
+        self._key_problem = ""
+        self._client: AsyncHTTPClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._key_lock: asyncio.Lock | None = None
+
+    @classmethod
+    def from_config(cls, config: GatewayConfig) -> EbsGateway:
+        return cls(config)
+
+    # -- transport -----------------------------------------------------------------------
+
+    def _http(self) -> AsyncHTTPClient:
+        """One client per event loop, our own instance so ``close`` cannot break others."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            self._client = AsyncHTTPClient(force_instance=True, max_clients=64)
+            self._loop = loop
+            self._key_lock = asyncio.Lock()
+        return self._client
+
+    def _common(self, request_uuid: str | None = None) -> dict[str, Any]:
+        return {
+            "applicationId": self._config.ebs_application_id,
+            "tranDateTime": datetime.now(self._zone).strftime(self._config.ebs_datetime_format),
+            "UUID": request_uuid or str(uuidlib.uuid4()),
+        }
+
+    async def _post(self, endpoint: str, body: dict[str, Any]) -> _Answer:
+        request = HTTPRequest(
+            self._url + endpoint,
+            method="POST",
+            body=json.dumps(body),
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+            connect_timeout=self._config.ebs_connect_timeout,
+            request_timeout=self._config.ebs_request_timeout,
+            validate_cert=True,
+            ca_certs=self._config.ebs_ca_file or None,
+            follow_redirects=False,
+        )
+        started = time.monotonic()
+        answer = await self._exchange(request)
+        log.info(
+            "ebs %s uuid=%s pan=%s http=%s code=%s%s %.0fms",
+            endpoint, body.get("UUID"), mask_pan(body["PAN"]) if "PAN" in body else "-",
+            answer.http_status, answer.code, f" problem={answer.problem}" if answer.problem else "",
+            (time.monotonic() - started) * 1000,
+        )
+        return answer
+
+    async def _exchange(self, request: HTTPRequest) -> _Answer:
+        try:
+            response = await self._http().fetch(request, raise_error=False)
+        except Exception as exc:  # any network failure is an unknown outcome, never a raise
+            detail = str(exc)[:200]
+            name = type(exc).__name__
+            return _Answer(None, f"{name}: {detail}" if detail else name)
+        if response.code != 200:
+            return _Answer(None, f"HTTP {response.code}", response.code)
+        content_type = response.headers.get("Content-Type", "")
+        if not _is_json_content_type(content_type):
+            return _Answer(None, f"Content-Type {content_type[:60]!r} is not JSON", 200)
+        try:
+            body = json.loads(response.body)
+        except (ValueError, UnicodeDecodeError):
+            return _Answer(None, "body is not JSON", 200)
+        if not isinstance(body, dict):
+            return _Answer(None, "body is not a JSON object", 200)
+        code = body.get("responseCode")
+        if not isinstance(code, int) or isinstance(code, bool):
+            return _Answer(None, "no integer responseCode", 200)
+        return _Answer(body, "", 200)
+
+    # -- public key ----------------------------------------------------------------------
+
+    async def _public_key(self, stale: RSA.RsaKey | None = None) -> RSA.RsaKey | None:
+        """The key for IPIN blocks; with ``stale``, fetch again unless someone already did."""
+        if self._configured_key is not None:
+            return self._configured_key
+        self._http()
+        assert self._key_lock is not None
+        async with self._key_lock:
+            if self._fetched_key is None or self._fetched_key is stale:
+                self._fetched_key = await self._fetch_key()
+            return self._fetched_key
+
+    async def _fetch_key(self) -> RSA.RsaKey | None:
+        answer = await self._post("getPublicKey", self._common())
+        problem = ""
+        key = None
+        if answer.body is None:
+            problem = answer.problem
+        elif answer.code != APPROVED_CODE:
+            problem = f"code {answer.code}"
+        elif not isinstance(answer.body.get("pubKeyValue"), str):
+            problem = "reply has no pubKeyValue"
+        else:
+            try:
+                key = load_public_key(answer.body["pubKeyValue"])
+            except ValueError:
+                problem = "reply holds no usable RSA key"
+        if key is None:
+            log.warning("ebs getPublicKey failed: %s", problem)
+            self._key_failure = answer if answer.body is not None else None
+            self._key_problem = problem
+        return key
+
+    def _no_key_answer(self) -> _Answer:
+        """Nothing was sent. A clear refusal of getPublicKey (e.g. 601) is passed on as
+        that decline; anything else stays unclear so the engine settles it with status."""
+        failure = self._key_failure
+        if failure is not None and failure.code not in (None, APPROVED_CODE):
+            return failure
+        return _Answer(None, f"EBS public key unavailable ({self._key_problem}); not sent")
+
+    def _may_refetch(self, answer: _Answer) -> bool:
+        return self._configured_key is None and answer.code in PIN_BLOCK_ERROR_CODES
+
+    async def _with_ipin(
+        self, endpoint: str, body: dict[str, Any], ipin: str, new_uuid: bool
+    ) -> _Answer:
+        """Send a request carrying an IPIN block; refetch the key and resend once if stale."""
+        key = await self._public_key()
+        if key is None:
+            return self._no_key_answer()
+        body = {**body, **self._common(body["UUID"])}
+        body["IPIN"] = ipin_block(key, body["UUID"], ipin)
+        answer = await self._post(endpoint, body)
+        if not self._may_refetch(answer):
+            return answer
+        log.info("ebs %s: PIN block rejected, fetching the public key again", endpoint)
+        fresh = await self._public_key(stale=key)
+        if fresh is None:
+            return answer
+        body = {**body, **self._common(None if new_uuid else body["UUID"])}
+        body["IPIN"] = ipin_block(fresh, body["UUID"], ipin)
+        return await self._post(endpoint, body)
+
+    # -- Gateway -------------------------------------------------------------------------
+
+    async def transfer(self, request: TransferRequest) -> TransferResult:
+        tran_uuid = request.tran_uuid
+        if not UUID4_RE.match(tran_uuid):
+            # EBS rejects anything else; a wrong format here is a bug in the caller.
+            raise ValueError("tran_uuid must be a lowercase hyphenated UUID v4")
+        card = request.from_card
+        body: dict[str, Any] = {
+            **self._common(tran_uuid),
+            "PAN": card.pan,
+            "expDate": card.exp_date,
+            "tranAmount": request.amount,
+            "tranCurrencyCode": request.currency,
+            "toCard": request.to_pan,
+        }
+        answer = await self._with_ipin("doCardTransfer", body, card.ipin, new_uuid=False)
+        if answer.body is None:
+            return TransferResult(Outcome.UNKNOWN, tran_uuid, None, answer.message,
+                                  raw=answer.raw())
+        code = answer.code
+        if code == APPROVED_CODE:
+            return TransferResult(
+                Outcome.APPROVED, tran_uuid, code, answer.message or "Approved",
+                _reference(answer.body), answer.raw(),
+            )
+        if code == DUPLICATE_CODE:
+            return TransferResult(
+                Outcome.UNKNOWN, tran_uuid, code,
+                f"{answer.message or 'DUPLICATE_TRANSACTION'}: this UUID already has an outcome;"
+                " ask status",
+                raw=answer.raw(),
+            )
+        return TransferResult(Outcome.DECLINED, tran_uuid, code, answer.message, raw=answer.raw())
+
+    async def status(self, tran_uuid: str) -> TransferResult:
+        answer = await self._post(
+            "getTransactionStatus", {**self._common(), "originalTranUUID": tran_uuid}
+        )
+        if answer.body is None:
+            return TransferResult(Outcome.UNKNOWN, tran_uuid, None, answer.message,
+                                  raw=answer.raw())
+        if answer.code == STATUS_NOT_FOUND_CODE:
+            return TransferResult(
+                Outcome.NOT_FOUND, tran_uuid, None, answer.message or "no such transaction",
+                raw=answer.raw(),
+            )
+        if answer.code != APPROVED_CODE:
+            return TransferResult(
+                Outcome.UNKNOWN, tran_uuid, None,
+                f"status query failed ({answer.code} {answer.message})", raw=answer.raw(),
+            )
+        original = answer.body.get("originalTransaction")
+        code = original.get("responseCode") if isinstance(original, dict) else None
+        if not isinstance(original, dict) or not isinstance(code, int) or isinstance(code, bool):
+            return TransferResult(
+                Outcome.UNKNOWN, tran_uuid, None,
+                "status reply has no originalTransaction.responseCode", raw=answer.raw(),
+            )
+        if original.get("UUID") not in (None, tran_uuid):
+            return TransferResult(
+                Outcome.UNKNOWN, tran_uuid, None, "status reply is about another transaction",
+                raw=answer.raw(),
+            )
+        message = str(original.get("responseMessage") or "")
+        if code == APPROVED_CODE:
+            return TransferResult(
+                Outcome.APPROVED, tran_uuid, code, message or "Approved", _reference(original),
+                answer.raw(),
+            )
+        return TransferResult(Outcome.DECLINED, tran_uuid, code, message, raw=answer.raw())
+
+    async def verify_card(self, card: Card) -> VerifyResult:
+        body: dict[str, Any] = {**self._common(), "PAN": card.pan, "expDate": card.exp_date}
+        answer = await self._with_ipin("getBalance", body, card.ipin, new_uuid=True)
+        if answer.body is None:
+            return VerifyResult(False, None, f"could not verify the card: {answer.message}")
+        return VerifyResult(answer.code == APPROVED_CODE, answer.code, answer.message)
+
+    async def is_alive(self) -> bool:
+        answer = await self._post("isAlive", self._common())
+        return answer.body is not None and answer.code == APPROVED_CODE
+
+    async def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+            self._loop = None
+
+
+def _reference(body: dict[str, Any]) -> str | None:
+    value = body.get("referenceNumber")
+    if value is None or isinstance(value, bool | dict | list):
+        return None
+    return str(value)

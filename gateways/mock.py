@@ -1,0 +1,137 @@
+"""The ``mock`` sandbox gateway: the simulated switch of ``switch.py``, in process.
+
+The ledger lives in ``<data_dir>/mock-switch.sqlite3`` so it survives restarts and ``kill -9``
+and is shared by every server process using the same data directory; tests read it through
+``gateways.switch.Switch`` to check that money moved once.
+
+``mock_latency_ms`` is split around the ledger write (half before, half after) so a crash
+during a transfer sometimes lands before and sometimes after the money moved, which is what
+reconciliation has to cope with.
+
+A reused ``tran_uuid`` (613) is reported as UNKNOWN, not DECLINED: the UUID already has an
+outcome at the switch, which only ``status`` can tell, and failing the claim could hide money
+that did move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from gateways.base import (
+    Card,
+    Gateway,
+    GatewayConfig,
+    Outcome,
+    TransferRequest,
+    TransferResult,
+    VerifyResult,
+    mask_pan,
+)
+from gateways.switch import DUPLICATE_TRANSACTION, Switch, TransferRecord, reference_for
+
+log = logging.getLogger(__name__)
+
+LEDGER_FILE = "mock-switch.sqlite3"
+
+
+class MockGateway(Gateway):
+    """In-process sandbox switch with a persistent, shared ledger."""
+
+    name = "mock"
+
+    def __init__(self, data_dir: str | Path = "./var", latency_ms: int = 0) -> None:
+        self.ledger_path = Path(data_dir) / LEDGER_FILE
+        self.latency_ms = max(0, int(latency_ms))
+        self._switch: Switch | None = None
+
+    @classmethod
+    def from_config(cls, config: GatewayConfig) -> MockGateway:
+        return cls(config.data_dir, config.mock_latency_ms)
+
+    @property
+    def switch(self) -> Switch:
+        """Opened lazily so constructing the gateway never touches the disk."""
+        if self._switch is None:
+            self._switch = Switch(self.ledger_path)
+        return self._switch
+
+    async def transfer(self, request: TransferRequest) -> TransferResult:
+        half = self.latency_ms / 2000
+        if half:
+            await asyncio.sleep(half)
+        card = request.from_card
+        reply = self.switch.transfer(
+            request.tran_uuid, card.pan, card.exp_date, card.ipin, request.to_pan, request.amount
+        )
+        if half:
+            await asyncio.sleep(self.latency_ms / 1000 - half)
+        raw: dict[str, Any] = {
+            "tranUUID": request.tran_uuid,
+            "PAN": mask_pan(card.pan),
+            "toCard": mask_pan(request.to_pan),
+            "tranAmount": request.amount,
+        }
+        if reply.unanswered:
+            return TransferResult(
+                Outcome.UNKNOWN, request.tran_uuid, None, "the switch did not answer (timeout)",
+                raw={**raw, "error": "timeout"},
+            )
+        raw.update(responseCode=reply.code, responseMessage=reply.message)
+        if reply.code == DUPLICATE_TRANSACTION:
+            return TransferResult(
+                Outcome.UNKNOWN, request.tran_uuid, reply.code,
+                f"{reply.message}: this UUID already has an outcome; ask status", raw=raw,
+            )
+        if reply.approved:
+            reference = reply.reference
+            raw["referenceNumber"] = reference
+            return TransferResult(
+                Outcome.APPROVED, request.tran_uuid, 0, reply.message, reference, raw
+            )
+        return TransferResult(Outcome.DECLINED, request.tran_uuid, reply.code, reply.message,
+                              raw=raw)
+
+    async def status(self, tran_uuid: str) -> TransferResult:
+        record = self.switch.status(tran_uuid)
+        if record is None:
+            return TransferResult(
+                Outcome.NOT_FOUND, tran_uuid, None, "no such transaction",
+                raw={"tranUUID": tran_uuid, "found": False},
+            )
+        return _from_record(record)
+
+    async def verify_card(self, card: Card) -> VerifyResult:
+        check = self.switch.verify_card(card.pan, card.exp_date, card.ipin)
+        return VerifyResult(check.ok, check.code, check.message)
+
+    async def is_alive(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        if self._switch is not None:
+            self._switch.close()
+            self._switch = None
+
+
+def _from_record(record: TransferRecord) -> TransferResult:
+    raw: dict[str, Any] = {
+        "tranUUID": record.tran_uuid,
+        "found": True,
+        "PAN": mask_pan(record.from_pan),
+        "toCard": mask_pan(record.to_pan),
+        "tranAmount": record.amount,
+        "responseCode": record.code,
+        "responseMessage": record.message,
+        "applied": record.applied,
+        "createdAt": record.created_at,
+    }
+    if record.applied:
+        reference = reference_for(record.tran_uuid)
+        raw["referenceNumber"] = reference
+        return TransferResult(
+            Outcome.APPROVED, record.tran_uuid, record.code, record.message, reference, raw
+        )
+    return TransferResult(Outcome.DECLINED, record.tran_uuid, record.code, record.message, raw=raw)
