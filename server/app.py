@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import tornado.locale
 import tornado.web
 
 from gateways.base import Gateway, GatewayConfig
-from handlers import ops, provider_api
+from handlers import claim_pages, ops, provider_api
 from handlers.base import NotFoundHandler
 from server.claims import ClaimService
 from server.crypto import KeyRing
 from server.logs import log_request
+from server.payouts import PayoutEngine
 from server.providers import ProviderService
 from server.settings import Settings
 from server.store import Store
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 ROUTES: tuple[tuple[str, type[tornado.web.RequestHandler]], ...] = (
     ("/cashout/register", provider_api.RegisterHandler),
@@ -26,6 +31,8 @@ ROUTES: tuple[tuple[str, type[tornado.web.RequestHandler]], ...] = (
     ("/cashout/claims/{name}", provider_api.ClaimsHandler),
     ("/cashout/profile/{name}", provider_api.ProfileHandler),
     ("/cashout/keys/{name}/rotate", provider_api.RotateKeysHandler),
+    ("/cashout/claim/{name}/{uuid}", claim_pages.ClaimPageHandler),
+    ("/cashout/claim/{name}", claim_pages.ClaimApiHandler),
     ("/healthz", ops.HealthHandler),
     ("/readyz", ops.ReadyHandler),
 )
@@ -41,13 +48,14 @@ class Services:
     gateway: Gateway
     providers: ProviderService
     claims: ClaimService
+    payouts: PayoutEngine
 
     @classmethod
     def build(cls, settings: Settings, store: Store, keys: KeyRing, gateway: Gateway
               ) -> Services:
-        return cls(settings, store, keys, gateway,
-                   ProviderService(settings, store, keys, gateway),
-                   ClaimService(settings, store))
+        providers = ProviderService(settings, store, keys, gateway)
+        return cls(settings, store, keys, gateway, providers, ClaimService(settings, store),
+                   PayoutEngine(settings, store, keys, gateway, providers))
 
 
 def gateway_config(settings: Settings) -> GatewayConfig:
@@ -73,10 +81,18 @@ def _pattern(template: str) -> str:
 
 def make_app(services: Services, **extra: Any) -> tornado.web.Application:
     handlers = [tornado.web.url(_pattern(t), h, {"route": t}) for t, h in ROUTES]
+    tornado.locale.load_translations(str(TEMPLATES / "locale"))
+    tornado.locale.set_default_locale("en_US")
+    production = services.settings.production
     return tornado.web.Application(
         handlers,
         services=services,
-        production=services.settings.production,
+        production=production,
+        template_path=str(TEMPLATES),
+        static_path=str(TEMPLATES / "static"),
+        static_handler_class=claim_pages.SecureStaticFileHandler,
+        xsrf_cookies=True,
+        xsrf_cookie_kwargs={"httponly": True, "samesite": "Strict", "secure": production},
         default_handler_class=NotFoundHandler,
         default_handler_args={"route": "(unknown)"},
         log_function=log_request,

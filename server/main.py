@@ -71,6 +71,7 @@ async def serve(settings: Settings) -> None:
         log.info("cashout %s listening on http://%s:%d (gateway %s, database %s)",
                  settings.env, settings.host, port, settings.gateway,
                  "embedded" if embedded else "external")
+        services.payouts.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -78,6 +79,7 @@ async def serve(settings: Settings) -> None:
         await stop.wait()
         log.info("shutting down")
         server.stop()
+        await services.payouts.stop(deadline=10)
         try:
             await asyncio.wait_for(server.close_all_connections(), timeout=10)
         except TimeoutError:

@@ -90,6 +90,18 @@ class Provider:
         }
 
 
+class AttemptOutcome(enum.StrEnum):
+    IN_FLIGHT = "in_flight"  # sent, or about to be; only the lease holder may settle it
+    UNKNOWN = "unknown"  # the gateway gave no clear answer; reconciliation asks for status
+    APPROVED = "approved"
+    DECLINED = "declined"
+    NOT_FOUND = "not_found"  # the switch never saw it: nothing moved
+
+    @property
+    def open(self) -> bool:
+        return self in (AttemptOutcome.IN_FLIGHT, AttemptOutcome.UNKNOWN)
+
+
 @dataclass(frozen=True)
 class Attempt:
     """One transfer attempt; its gateway UUID is stored before the gateway is called."""
@@ -97,7 +109,7 @@ class Attempt:
     tran_uuid: str
     started_at: datetime
     card_last4: str
-    outcome: str | None = None  # None while in flight
+    outcome: AttemptOutcome = AttemptOutcome.IN_FLIGHT
     code: int | None = None
     message: str | None = None
     finished_at: datetime | None = None
@@ -108,7 +120,7 @@ class Attempt:
             "started_at": rfc3339(self.started_at),
             "finished_at": rfc3339(self.finished_at),
             "card": "****" + self.card_last4,
-            "outcome": self.outcome or "in_flight",
+            "outcome": str(self.outcome),
             "code": self.code,
             "message": self.message,
         }
@@ -130,7 +142,14 @@ class Claim:
     card_pan: Sealed | None = None
     response_code: int | None = None
     response_message: str | None = None
+    reference: str | None = None  # the switch's reference of the approved transfer
     attempts: tuple[Attempt, ...] = field(default_factory=tuple)
+    lease_until: datetime | None = None
+
+    @property
+    def current(self) -> tuple[int, Attempt] | None:
+        """The latest attempt and its index."""
+        return (len(self.attempts) - 1, self.attempts[-1]) if self.attempts else None
 
     def public(self) -> dict[str, Any]:
         """The provider's view of a claim (no card beyond its last four digits)."""
@@ -146,5 +165,6 @@ class Claim:
             "card": ("****" + self.card_last4) if self.card_last4 else None,
             "response_code": self.response_code,
             "response_message": self.response_message,
+            "reference": self.reference,
             "attempts": [a.public() for a in self.attempts],
         }

@@ -73,6 +73,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("claim_ttl", 7 * 24 * 3600, int, "default seconds before a pending claim expires"),
     Option("max_claim_ttl", 30 * 24 * 3600, int, "largest expires_in a provider may ask for"),
     Option("max_body_bytes", 64 * 1024, int, "largest request body accepted"),
+    Option("reconcile_interval", 30.0, float, "seconds between reconciliation and expiry runs"),
+    Option("attempt_lease", 120.0, float,
+           "seconds a transfer attempt may run before reconciliation asks the gateway"),
+    Option("settle_grace", 60.0, float,
+           "seconds after an attempt started before 'no such transaction' is believed"),
     Option("embedded_db_port", 0, int, "port of the embedded database (0 picks a free one)"),
     Option("db_timeout_ms", 5000, int, "how long a database call may wait for the server"),
     Option("log_level", "info", str, "debug, info, warning or error"),
@@ -104,6 +109,9 @@ class Settings:
     claim_ttl: int = 7 * 24 * 3600
     max_claim_ttl: int = 30 * 24 * 3600
     max_body_bytes: int = 64 * 1024
+    reconcile_interval: float = 30.0
+    attempt_lease: float = 120.0
+    settle_grace: float = 60.0
     embedded_db_port: int = 0
     db_timeout_ms: int = 5000
     log_level: str = "info"
@@ -225,6 +233,13 @@ def validate(s: Settings) -> list[str]:
             p.append("CASHOUT_EBS_APPLICATION_ID: required with CASHOUT_GATEWAY=ebs")
         if s.ebs_ca_file and not os.path.isfile(s.ebs_ca_file):
             p.append(f"CASHOUT_EBS_CA_FILE: {s.ebs_ca_file!r} is not a readable file")
+    if s.reconcile_interval <= 0 or s.settle_grace < 0:
+        p.append("CASHOUT_RECONCILE_INTERVAL / CASHOUT_SETTLE_GRACE: must be positive")
+    call_time = (s.ebs_connect_timeout + s.ebs_request_timeout if s.gateway == "ebs"
+                 else s.mock_latency_ms / 1000)
+    if s.attempt_lease <= call_time + 1:
+        p.append(f"CASHOUT_ATTEMPT_LEASE: must be longer than a gateway call can take "
+                 f"({call_time:.0f}s) plus a second, or reconciliation could race a live call")
     if s.ebs_connect_timeout <= 0 or s.ebs_request_timeout <= 0:
         p.append("CASHOUT_EBS_*_TIMEOUT: must be positive")
     if s.production:

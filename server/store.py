@@ -21,6 +21,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from server.crypto import Sealed
 from server.models import (
     Attempt,
+    AttemptOutcome,
     Claim,
     ClaimStatus,
     Provider,
@@ -39,6 +40,7 @@ INDEXES: tuple[tuple[str, list[tuple[str, int]], dict[str, Any]], ...] = (
     ("claims", [("provider", ASCENDING), ("status", ASCENDING), ("created_at", DESCENDING),
                 ("_id", DESCENDING)], {"name": "provider_status_newest"}),
     ("claims", [("status", ASCENDING), ("expires_at", ASCENDING)], {"name": "status_expiry"}),
+    ("claims", [("status", ASCENDING), ("lease_until", ASCENDING)], {"name": "status_lease"}),
 )
 
 
@@ -55,6 +57,26 @@ class SealedField:
     path: str
     aad_field: str
     value: Sealed
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """How one attempt ended and what that makes of its claim, applied in one atomic update."""
+
+    outcome: AttemptOutcome
+    status: ClaimStatus
+    at: datetime
+    code: int | None = None
+    message: str | None = None
+    reference: str | None = None
+    lease_until: datetime | None = None
+    next_attempt: Attempt | None = None  # started in the same update
+
+
+def _attempt_doc(a: Attempt) -> dict[str, Any]:
+    return {"tran_uuid": a.tran_uuid, "started_at": a.started_at, "card_last4": a.card_last4,
+            "outcome": str(a.outcome), "code": a.code, "message": a.message,
+            "finished_at": a.finished_at}
 
 
 @dataclass(frozen=True)
@@ -136,12 +158,14 @@ def _claim_from_doc(doc: Mapping[str, Any]) -> Claim:
         card_pan=Sealed.from_doc(card["pan"]) if card.get("pan") else None,
         response_code=doc.get("response_code"),
         response_message=doc.get("response_message"),
+        reference=doc.get("reference"),
+        lease_until=_opt_dt(doc.get("lease_until")),
         attempts=tuple(
             Attempt(
                 tran_uuid=a["tran_uuid"],
                 started_at=as_utc(a["started_at"]),
                 card_last4=a["card_last4"],
-                outcome=a.get("outcome"),
+                outcome=AttemptOutcome(a["outcome"]),
                 code=a.get("code"),
                 message=a.get("message"),
                 finished_at=_opt_dt(a.get("finished_at")),
@@ -308,6 +332,97 @@ class Store:
             return_document=ReturnDocument.AFTER,
         )
         return _claim_from_doc(doc) if doc else None
+
+    # -- payouts ---------------------------------------------------------------------------
+
+    async def begin_attempt(self, provider: str, uuid: str, *, card: Sealed, attempt: Attempt,
+                            lease_until: datetime, max_attempts: int) -> Claim | None:
+        """Compare-and-set pending -> processing, storing the card and the attempt (with its
+        gateway UUID) in the same write; None when another submission won or it is too late."""
+        now = attempt.started_at
+        doc = await self.db.claims.find_one_and_update(
+            {"_id": uuid, "provider": provider, "status": str(ClaimStatus.PENDING),
+             "expires_at": {"$gt": now}, f"attempts.{max_attempts - 1}": {"$exists": False}},
+            {"$set": {"status": str(ClaimStatus.PROCESSING), "card.pan": _sealed_doc(card),
+                      "card.last4": attempt.card_last4, "lease_until": lease_until},
+             "$min": {"claimed_at": now},
+             "$push": {"attempts": _attempt_doc(attempt)}},
+            return_document=ReturnDocument.AFTER,
+        )
+        return _claim_from_doc(doc) if doc else None
+
+    async def settle(self, uuid: str, index: int, tran_uuid: str, s: Settlement
+                     ) -> Claim | None:
+        """Record an attempt's outcome and the claim's next state, only if that attempt is
+        still open; None when someone else settled it first."""
+        at = f"attempts.{index}"
+        changes: dict[str, Any] = {
+            "status": str(s.status), f"{at}.outcome": str(s.outcome), f"{at}.code": s.code,
+            f"{at}.message": s.message, "lease_until": s.lease_until,
+        }
+        if s.outcome is not AttemptOutcome.UNKNOWN:
+            changes[f"{at}.finished_at"] = s.at
+        if s.status is not ClaimStatus.PROCESSING or s.outcome is not AttemptOutcome.UNKNOWN:
+            changes["response_code"] = s.code
+            changes["response_message"] = s.message
+        if s.status.terminal:
+            changes["completed_at"] = s.at
+        if s.reference:
+            changes["reference"] = s.reference
+        if s.next_attempt is not None:
+            changes[f"attempts.{index + 1}"] = _attempt_doc(s.next_attempt)
+        update: dict[str, Any] = {"$set": changes}
+        if s.status is not ClaimStatus.PROCESSING:
+            update["$unset"] = {"card.pan": ""}  # keep the customer's card no longer than needed
+        doc = await self.db.claims.find_one_and_update(
+            {"_id": uuid, "status": str(ClaimStatus.PROCESSING), f"{at}.tran_uuid": tran_uuid,
+             f"{at}.outcome": {"$in": [str(AttemptOutcome.IN_FLIGHT),
+                                        str(AttemptOutcome.UNKNOWN)]}},
+            update, return_document=ReturnDocument.AFTER)
+        return _claim_from_doc(doc) if doc else None
+
+    async def claim_any(self, uuid: str) -> Claim | None:
+        doc = await self.db.claims.find_one({"_id": uuid})
+        return _claim_from_doc(doc) if doc else None
+
+    async def due_for_reconcile(self, now: datetime, limit: int) -> list[Claim]:
+        cursor = self.db.claims.find(
+            {"status": str(ClaimStatus.PROCESSING), "lease_until": {"$lte": now}}
+        ).sort("lease_until", ASCENDING).limit(limit)
+        return [_claim_from_doc(d) async for d in cursor]
+
+    async def take_lease(self, claim: Claim, until: datetime) -> Claim | None:
+        """Compare-and-set the claim's lease, so one process at a time settles it."""
+        doc = await self.db.claims.find_one_and_update(
+            {"_id": claim.uuid, "status": str(ClaimStatus.PROCESSING),
+             "lease_until": claim.lease_until},
+            {"$set": {"lease_until": until}}, return_document=ReturnDocument.AFTER)
+        return _claim_from_doc(doc) if doc else None
+
+    async def overdue_pending(self, now: datetime, limit: int) -> list[str]:
+        cursor = self.db.claims.find(
+            {"status": str(ClaimStatus.PENDING), "expires_at": {"$lte": now}}, {"_id": 1}
+        ).sort("expires_at", ASCENDING).limit(limit)
+        return [d["_id"] async for d in cursor]
+
+    async def expire_claim(self, uuid: str, now: datetime) -> Claim | None:
+        doc = await self.db.claims.find_one_and_update(
+            {"_id": uuid, "status": str(ClaimStatus.PENDING), "expires_at": {"$lte": now}},
+            {"$set": {"status": str(ClaimStatus.EXPIRED), "completed_at": now},
+             "$unset": {"card.pan": ""}},
+            return_document=ReturnDocument.AFTER)
+        return _claim_from_doc(doc) if doc else None
+
+    async def acquire_lease(self, name: str, holder: str, now: datetime, until: datetime
+                            ) -> bool:
+        """A named lease shared by every server process (e.g. who reconciles now)."""
+        query = {"_id": name, "$or": [{"until": {"$lte": now}}, {"holder": holder}]}
+        update = {"$set": {"holder": holder, "until": until}}
+        try:
+            result = await self.db.leases.update_one(query, update, upsert=True)
+        except DuplicateKeyError:
+            return False  # held by another process
+        return result.modified_count == 1 or result.upserted_id is not None
 
     # -- key rotation ----------------------------------------------------------------------
 

@@ -1,0 +1,262 @@
+"""The payouts engine: moves each claim's money exactly once.
+
+The rules that make it exactly once (DESIGN.md section 6):
+- claiming is one compare-and-set ``pending -> processing`` that also stores the attempt's
+  fresh gateway UUID, so the UUID is durable before the gateway is ever called;
+- an attempt is settled by a compare-and-set on that attempt still being open, so a late or
+  duplicate answer changes nothing;
+- an unclear answer keeps the claim in ``processing``; only the switch's own record of that
+  UUID (``status``) settles it, and a new attempt is started only once the switch says the
+  old one never happened;
+- a lease on the claim keeps reconciliation away from an attempt a live process still runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid as uuidlib
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+from tornado.ioloop import PeriodicCallback
+
+from gateways.base import Card, Gateway, Outcome, TransferRequest, TransferResult
+from server import validation
+from server.crypto import DecryptionError, KeyRing, aad
+from server.errors import ApiError, not_found
+from server.models import Attempt, AttemptOutcome, Claim, ClaimStatus, utcnow
+from server.providers import ProviderService
+from server.settings import Settings
+from server.store import Settlement, Store
+
+log = logging.getLogger("cashout.payouts")
+
+MAX_ATTEMPTS = 3
+RECONCILE_BATCH = 100
+RECONCILE_PARALLEL = 8
+NOT_FOUND_MESSAGE = "The transfer did not go through; no money moved."
+
+TerminalHook = Callable[[Claim], Awaitable[None]]
+
+
+class PayoutEngine:
+    def __init__(self, settings: Settings, store: Store, keys: KeyRing, gateway: Gateway,
+                 providers: ProviderService):
+        self.settings = settings
+        self.store = store
+        self.keys = keys
+        self.gateway = gateway
+        self.providers = providers
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuidlib.uuid4().hex[:8]}"
+        self.on_terminal: list[TerminalHook] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._periodic: PeriodicCallback | None = None
+        self._ticking = False
+
+    # -- claiming --------------------------------------------------------------------------
+
+    def _lease(self) -> timedelta:
+        return timedelta(seconds=self.settings.attempt_lease)
+
+    async def submit(self, provider: str, uuid: str, pan_text: Any) -> Claim:
+        """Claim a pending claim for the card ``pan_text``; the transfer runs in the
+        background. Raises ApiError for a bad card or a claim that cannot be claimed."""
+        pan = validation.normalise_pan(pan_text) if isinstance(pan_text, str) else None
+        if pan is None:
+            digits = "".join(ch for ch in str(pan_text) if ch.isdigit())
+            problem = ("is not a valid card number" if len(digits) in (16, 19)
+                       else "must be 16 or 19 digits")
+            raise ApiError(400, "invalid_card", f"The card number {problem}.",
+                           [{"field": "pan", "problem": problem}])
+        now = utcnow()
+        attempt = Attempt(tran_uuid=str(uuidlib.uuid4()), started_at=now, card_last4=pan[-4:])
+        sealed = self.keys.seal(pan, aad("claims", uuid, "card.pan"))
+        claim = await self.store.begin_attempt(provider, uuid, card=sealed, attempt=attempt,
+                                               lease_until=now + self._lease(),
+                                               max_attempts=MAX_ATTEMPTS)
+        if claim is None:
+            raise await self._why_not_claimable(provider, uuid)
+        log.info("claim %s… claimed, attempt %d", uuid[:8], len(claim.attempts))
+        self._spawn(self._run(claim))
+        return claim
+
+    async def _why_not_claimable(self, provider: str, uuid: str) -> ApiError:
+        claim = await self.store.claim(provider, uuid)
+        if claim is None:
+            return not_found("No such claim.")
+        claim = await self.expire_if_due(claim)
+        if claim.status is ClaimStatus.EXPIRED:
+            return ApiError(410, "claim_expired", "This claim has expired.")
+        if claim.status is ClaimStatus.CANCELLED:
+            return ApiError(410, "claim_cancelled", "This claim was cancelled.")
+        return ApiError(409, "already_claimed",
+                        f"This claim has already been submitted; it is {claim.status}.")
+
+    async def expire_if_due(self, claim: Claim) -> Claim:
+        """Expire a pending claim past its time (lazily, when someone looks at it)."""
+        if claim.status is ClaimStatus.PENDING and claim.expires_at <= utcnow():
+            expired = await self.store.expire_claim(claim.uuid, utcnow())
+            if expired is not None:
+                await self._terminal(expired)
+                return expired
+            return await self.store.claim_any(claim.uuid) or claim
+        return claim
+
+    # -- transfers -------------------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        """Run in the background on the IOLoop, remembered so shutdown can wait for it."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
+
+    async def _run(self, claim: Claim) -> None:
+        current = claim.current
+        if claim.status is not ClaimStatus.PROCESSING or current is None:
+            return
+        index, attempt = current
+        if attempt.outcome is not AttemptOutcome.IN_FLIGHT:
+            return
+        try:
+            request = await self._request(claim, attempt)
+        except DecryptionError:
+            log.error("claim %s…: a stored card does not decrypt; failing it", claim.uuid[:8])
+            await self._apply(claim, index, TransferResult(
+                Outcome.DECLINED, attempt.tran_uuid, None,
+                "The payout card could not be used."), definitive=True)
+            return
+        result = await self.gateway.transfer(request)
+        log.info("claim %s… attempt %d: %s %s", claim.uuid[:8], index + 1, result.outcome,
+                 result.code)
+        await self._apply(claim, index, result)
+
+    async def _request(self, claim: Claim, attempt: Attempt) -> TransferRequest:
+        provider = await self.store.provider(claim.provider)
+        if provider is None or claim.card_pan is None:
+            raise DecryptionError("missing card")
+        paying: Card = self.providers.open_card(provider)
+        to_pan = self.keys.open(claim.card_pan, aad("claims", claim.uuid, "card.pan"))
+        return TransferRequest(attempt.tran_uuid, paying, to_pan, claim.amount)
+
+    def _settlement(self, claim: Claim, index: int, result: TransferResult,
+                    definitive: bool) -> Settlement:
+        """The outcome table of DESIGN.md section 6."""
+        now = utcnow()
+        used = index + 1
+        attempt = claim.attempts[index]
+        if result.outcome is Outcome.APPROVED:
+            return Settlement(AttemptOutcome.APPROVED, ClaimStatus.SUCCEEDED, now, result.code,
+                              result.message or "Approved", reference=result.reference)
+        if result.outcome is Outcome.DECLINED:
+            retry = result.customer_fixable and used < MAX_ATTEMPTS and not definitive
+            return Settlement(AttemptOutcome.DECLINED,
+                              ClaimStatus.PENDING if retry else ClaimStatus.FAILED,
+                              now, result.code, result.message or "Declined")
+        old_enough = now - attempt.started_at >= timedelta(seconds=self.settings.settle_grace)
+        if result.outcome is Outcome.NOT_FOUND and old_enough:
+            if used < MAX_ATTEMPTS:  # nothing moved: try again with a fresh UUID
+                fresh = Attempt(str(uuidlib.uuid4()), now, attempt.card_last4)
+                return Settlement(AttemptOutcome.NOT_FOUND, ClaimStatus.PROCESSING, now,
+                                  None, NOT_FOUND_MESSAGE, lease_until=now + self._lease(),
+                                  next_attempt=fresh)
+            return Settlement(AttemptOutcome.NOT_FOUND, ClaimStatus.FAILED, now, None,
+                              NOT_FOUND_MESSAGE)
+        # No clear answer (or "not found" too soon to believe): ask again later.
+        recheck = min(self.settings.reconcile_interval, self.settings.attempt_lease)
+        return Settlement(AttemptOutcome.UNKNOWN, ClaimStatus.PROCESSING, now, result.code,
+                          result.message or "Awaiting the switch's answer",
+                          lease_until=now + timedelta(seconds=recheck))
+
+    async def _apply(self, claim: Claim, index: int, result: TransferResult,
+                     definitive: bool = False) -> Claim | None:
+        settlement = self._settlement(claim, index, result, definitive)
+        updated = await self.store.settle(claim.uuid, index, claim.attempts[index].tran_uuid,
+                                          settlement)
+        if updated is None:
+            return None  # settled by someone else first
+        if settlement.next_attempt is not None:
+            self._spawn(self._run(updated))
+        elif updated.status.terminal:
+            await self._terminal(updated)
+        return updated
+
+    async def _terminal(self, claim: Claim) -> None:
+        log.info("claim %s… is %s", claim.uuid[:8], claim.status)
+        for hook in self.on_terminal:
+            await hook(claim)
+
+    # -- reconciliation and expiry ---------------------------------------------------------
+
+    async def reconcile_once(self) -> int:
+        """Settle every processing claim whose lease ran out; returns how many it looked at."""
+        now = utcnow()
+        due = await self.store.due_for_reconcile(now, RECONCILE_BATCH)
+        gate = asyncio.Semaphore(RECONCILE_PARALLEL)
+
+        async def one(claim: Claim) -> None:
+            async with gate:
+                taken = await self.store.take_lease(claim, utcnow() + self._lease())
+                if taken is None or taken.current is None:
+                    return
+                index, attempt = taken.current
+                if not attempt.outcome.open:
+                    log.warning("claim %s… processing with a settled attempt", taken.uuid[:8])
+                    return
+                result = await self.gateway.status(attempt.tran_uuid)
+                log.info("claim %s… reconciled attempt %d: %s %s", taken.uuid[:8], index + 1,
+                         result.outcome, result.code)
+                await self._apply(taken, index, result)
+
+        await asyncio.gather(*(one(c) for c in due))
+        return len(due)
+
+    async def expire_once(self) -> int:
+        expired = 0
+        for uuid in await self.store.overdue_pending(utcnow(), RECONCILE_BATCH):
+            claim = await self.store.expire_claim(uuid, utcnow())
+            if claim is not None:
+                expired += 1
+                await self._terminal(claim)
+        return expired
+
+    async def tick(self) -> None:
+        """One round of background work, under a lease so processes take turns."""
+        if self._ticking:
+            return
+        self._ticking = True
+        try:
+            now = utcnow()
+            hold = timedelta(seconds=self.settings.reconcile_interval * 3)
+            if await self.store.acquire_lease("payouts", self.holder, now, now + hold):
+                await self.reconcile_once()
+                await self.expire_once()
+        except Exception as exc:  # keep ticking; the database may just be down for a moment
+            log.warning("reconciliation round failed: %s", type(exc).__name__)
+        finally:
+            self._ticking = False
+
+    def start(self) -> None:
+        self._spawn(self.tick())
+        self._periodic = PeriodicCallback(lambda: self._spawn(self.tick()),
+                                          self.settings.reconcile_interval * 1000)
+        self._periodic.start()
+
+    async def stop(self, deadline: float = 10.0) -> None:
+        """Stop periodic work and give in-flight transfers until ``deadline`` to finish;
+        anything still open then is left, safely, to reconciliation."""
+        if self._periodic is not None:
+            self._periodic.stop()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=deadline)
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        exc = task.exception()
+        log.error("background payout work failed: %s", type(exc).__name__,
+                  exc_info=exc)
