@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -12,9 +13,12 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
+
+from gateways.simulator import LEDGER_FILE
+from gateways.switch import Switch
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -157,6 +161,73 @@ class Database:
                 self.proc.wait()
 
 
+class Simulator:
+    """``python -m gateways.simulator`` as a child process, ready when it says so."""
+
+    def __init__(self, data_dir: Path, log_path: Path, *extra: str) -> None:
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.extra = extra
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+        self._log: IO[str] | None = None
+
+    def start(self, timeout: float = 30.0) -> Simulator:
+        self._log = self.log_path.open("a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateways.simulator", "--host", "127.0.0.1", "--port", "0",
+             "--data-dir", str(self.data_dir), *self.extra],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=self._log, text=True,
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = ""
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], deadline - time.monotonic())
+            if ready:
+                line = self.proc.stdout.readline()
+                break
+        if not line.startswith("simulator listening on "):
+            self.proc.kill()
+            raise AssertionError(
+                f"simulator did not start: {line!r}\n{self.log_path.read_text()[-3000:]}"
+            )
+        self.url = line.split(" on ", 1)[1].strip()
+        return self
+
+    @property
+    def origin(self) -> str:
+        return self.url.split("/consumer/")[0]
+
+    def get(self, path: str, **params: str) -> Any:
+        response = httpx.get(self.origin + path, params=params, timeout=10)
+        return response.json()
+
+    def post(self, path: str, **params: str) -> Any:
+        return httpx.post(self.origin + path, params=params, timeout=30).json()
+
+    def requests(self) -> list[dict[str, Any]]:
+        return self.get("/_sim/requests")["requests"]
+
+    def requests_for(self, request_uuid: str) -> list[dict[str, Any]]:
+        return [r for r in self.requests() if r.get("uuid") == request_uuid]
+
+    def ledger(self) -> Switch:
+        return Switch(self.data_dir / LEDGER_FILE)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=15)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            if self._log is not None:
+                self._log.close()
+        return code
+
+
 def provider_body(name: str, pan: str, ipin: str = "7391", exp: str = "3012",
                   endpoint: str = "http://127.0.0.1:9/hook", **extra: Any) -> dict[str, Any]:
     return {"name": name, "pan": pan, "expDate": exp, "ipin": ipin, "consent": True,
@@ -179,3 +250,31 @@ def auth(api_key: str) -> dict[str, str]:
 
 def signal_name(sig: int) -> str:
     return signal.Signals(sig).name
+
+
+# Settings that make reconciliation settle within a second or two in tests.
+FAST_RECONCILE = {"CASHOUT_RECONCILE_INTERVAL": "0.3", "CASHOUT_SETTLE_GRACE": "0.5",
+                  "CASHOUT_ATTEMPT_LEASE": "3"}
+
+
+def claim_status(client: httpx.Client, name: str, uuid: str, headers: dict[str, str]
+                 ) -> dict[str, Any]:
+    response = client.get(f"/cashout/claims/{name}/{uuid}", headers=headers)
+    assert response.status_code == 200, response.status_code
+    return response.json()
+
+
+def wait_for_status(client: httpx.Client, name: str, uuid: str, headers: dict[str, str],
+                    statuses: Iterable[str], timeout: float = 30.0) -> dict[str, Any]:
+    wanted = set(statuses)
+    last: dict[str, Any] = {}
+
+    def reached() -> dict[str, Any] | None:
+        nonlocal last
+        last = claim_status(client, name, uuid, headers)
+        return last if last["status"] in wanted else None
+
+    try:
+        return wait_until(reached, timeout, interval=0.1, what=f"claim to be {wanted}")
+    except AssertionError:
+        raise AssertionError(f"claim stayed {last.get('status')} (wanted {wanted})") from None

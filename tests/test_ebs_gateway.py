@@ -5,26 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-import select
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 
 from gateways.base import Card, GatewayConfig, Outcome, TransferRequest, TransferResult
 from gateways.ebs import EbsGateway
-from gateways.simulator import LEDGER_FILE, REQUIRED
-from gateways.switch import FUNDED_BALANCE, Switch
+from gateways.simulator import REQUIRED
+from gateways.switch import FUNDED_BALANCE
 from tests.cards import luhn_card
+from tests.harness import Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -48,73 +47,6 @@ def to_card(last4: str) -> str:
     pan = luhn_card(last4)
     USED_PANS.add(pan)
     return pan
-
-
-class Simulator:
-    """``python -m gateways.simulator`` as a child process, ready when it says so."""
-
-    def __init__(self, data_dir: Path, log_path: Path, *extra: str) -> None:
-        self.data_dir = data_dir
-        self.log_path = log_path
-        self.extra = extra
-        self.proc: subprocess.Popen[str] | None = None
-        self.url = ""
-        self._log: IO[str] | None = None
-
-    def start(self, timeout: float = 30.0) -> Simulator:
-        self._log = self.log_path.open("a")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateways.simulator", "--host", "127.0.0.1", "--port", "0",
-             "--data-dir", str(self.data_dir), *self.extra],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=self._log, text=True,
-        )
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        line = ""
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], deadline - time.monotonic())
-            if ready:
-                line = self.proc.stdout.readline()
-                break
-        if not line.startswith("simulator listening on "):
-            self.proc.kill()
-            raise AssertionError(
-                f"simulator did not start: {line!r}\n{self.log_path.read_text()[-3000:]}"
-            )
-        self.url = line.split(" on ", 1)[1].strip()
-        return self
-
-    @property
-    def origin(self) -> str:
-        return self.url.split("/consumer/")[0]
-
-    def get(self, path: str, **params: str) -> Any:
-        response = httpx.get(self.origin + path, params=params, timeout=10)
-        return response.json()
-
-    def post(self, path: str, **params: str) -> Any:
-        return httpx.post(self.origin + path, params=params, timeout=30).json()
-
-    def requests(self) -> list[dict[str, Any]]:
-        return self.get("/_sim/requests")["requests"]
-
-    def requests_for(self, request_uuid: str) -> list[dict[str, Any]]:
-        return [r for r in self.requests() if r.get("uuid") == request_uuid]
-
-    def ledger(self) -> Switch:
-        return Switch(self.data_dir / LEDGER_FILE)
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        try:
-            code = self.proc.wait(timeout=15)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            if self._log is not None:
-                self._log.close()
-        return code
 
 
 @pytest.fixture(scope="module")
