@@ -45,12 +45,21 @@ def artifacts() -> Path:
     return ARTIFACTS
 
 
+def assert_no_leaks(paths: list[Path]) -> None:
+    leaks = {p.name: leaks_in(p.read_text(errors="replace")) for p in paths if p.exists()}
+    leaks = {name: found for name, found in leaks.items() if found}
+    assert not leaks, f"secrets found in logs: {leaks}"
+
+
 @pytest.fixture(scope="session")
-def log_dir(artifacts: Path) -> Path:
+def log_dir(artifacts: Path) -> Iterator[Path]:
+    """Every process's output of the whole run; at the end no file may hold any card
+    number, IPIN, expiry, API key or secret the run created."""
     path = artifacts / "logs"
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir()
-    return path
+    yield path
+    assert_no_leaks(sorted(path.iterdir()))
 
 
 @pytest.fixture(scope="session")
@@ -90,9 +99,7 @@ def server_factory(database: Database, log_dir: Path,
     yield start  # type: ignore[misc]
     for proc in started:
         proc.stop()
-    leaks = {p.log_path.name: leaks_in(p.log()) for p in started}
-    leaks = {name: found for name, found in leaks.items() if found}
-    assert not leaks, f"secrets found in server logs: {leaks}"
+    assert_no_leaks([p.log_path for p in started])
 
 
 @pytest.fixture(scope="module")

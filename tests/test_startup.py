@@ -126,3 +126,19 @@ def test_an_unknown_gateway_is_a_clear_start_up_error(tmp_path: Path) -> None:
     assert result.returncode == 2 and "CASHOUT_GATEWAY" in result.stderr
     assert "Traceback" not in result.stderr
     assert embedded_pids(tmp_path) == []
+
+
+def test_the_leak_check_would_catch_a_leak(tmp_path: Path) -> None:
+    """The log scan is only worth something if it fails on a real leak."""
+    from tests.conftest import assert_no_leaks
+    from tests.harness import remember
+
+    pan, key = random_pan(), "ck_test_" + "Z" * 43
+    remember(pan, key, "9157")
+    leaky = tmp_path / "leaky.log"
+    for text in (f"card {pan}", f"key={key}", "ipin 9157 sent"):
+        leaky.write_text(text)
+        with pytest.raises(AssertionError):
+            assert_no_leaks([leaky])
+    leaky.write_text(f"card ****{pan[-4:]} at 12:09:15.157 port 39157")
+    assert_no_leaks([leaky])
