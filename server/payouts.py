@@ -68,7 +68,7 @@ class PayoutEngine:
         pan = validation.normalise_pan(pan_text) if isinstance(pan_text, str) else None
         if pan is None:
             digits = "".join(ch for ch in str(pan_text) if ch.isdigit())
-            problem = ("is not a valid card number" if len(digits) in (16, 19)
+            problem = ("is not valid; check the digits" if len(digits) in (16, 19)
                        else "must be 16 or 19 digits")
             raise ApiError(400, "invalid_card", f"The card number {problem}.",
                            [{"field": "pan", "problem": problem}])
