@@ -11,7 +11,7 @@ import tornado.locale
 import tornado.web
 
 from gateways.base import Gateway, GatewayConfig
-from handlers import claim_pages, ops, provider_api
+from handlers import claim_pages, ops, provider_api, webhooks_api
 from handlers.base import NotFoundHandler
 from server.claims import ClaimService
 from server.crypto import KeyRing
@@ -20,6 +20,7 @@ from server.payouts import PayoutEngine
 from server.providers import ProviderService
 from server.settings import Settings
 from server.store import Store
+from server.webhooks import WebhookSender
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -33,6 +34,9 @@ ROUTES: tuple[tuple[str, type[tornado.web.RequestHandler]], ...] = (
     ("/cashout/keys/{name}/rotate", provider_api.RotateKeysHandler),
     ("/cashout/claim/{name}/{uuid}", claim_pages.ClaimPageHandler),
     ("/cashout/claim/{name}", claim_pages.ClaimApiHandler),
+    ("/cashout/webhooks/{name}/test", webhooks_api.TestWebhookHandler),
+    ("/cashout/webhooks/{name}/{event_id}/redeliver", webhooks_api.RedeliverHandler),
+    ("/cashout/webhooks/{name}", webhooks_api.WebhooksHandler),
     ("/healthz", ops.HealthHandler),
     ("/readyz", ops.ReadyHandler),
 )
@@ -49,13 +53,17 @@ class Services:
     providers: ProviderService
     claims: ClaimService
     payouts: PayoutEngine
+    webhooks: WebhookSender
 
     @classmethod
     def build(cls, settings: Settings, store: Store, keys: KeyRing, gateway: Gateway
               ) -> Services:
         providers = ProviderService(settings, store, keys, gateway)
+        payouts = PayoutEngine(settings, store, keys, gateway, providers)
+        webhooks = WebhookSender(settings, store, providers)
+        payouts.on_terminal.append(webhooks.claim_finished)
         return cls(settings, store, keys, gateway, providers, ClaimService(settings, store),
-                   PayoutEngine(settings, store, keys, gateway, providers))
+                   payouts, webhooks)
 
 
 def gateway_config(settings: Settings) -> GatewayConfig:

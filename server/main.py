@@ -72,6 +72,7 @@ async def serve(settings: Settings) -> None:
                  settings.env, settings.host, port, settings.gateway,
                  "embedded" if embedded else "external")
         services.payouts.start()
+        services.webhooks.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -80,6 +81,7 @@ async def serve(settings: Settings) -> None:
         log.info("shutting down")
         server.stop()
         await services.payouts.stop(deadline=10)
+        await services.webhooks.stop(deadline=5)
         try:
             await asyncio.wait_for(server.close_all_connections(), timeout=10)
         except TimeoutError:

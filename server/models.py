@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -167,4 +168,53 @@ class Claim:
             "response_message": self.response_message,
             "reference": self.reference,
             "attempts": [a.public() for a in self.attempts],
+        }
+
+
+class EventStatus(enum.StrEnum):
+    PENDING = "pending"  # waiting for its next attempt
+    DELIVERED = "delivered"
+    FAILED = "failed"  # retries exhausted, or the endpoint answered 410
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One attempt to deliver an event, as the delivery log shows it."""
+
+    at: datetime
+    http_status: int | None
+    latency_ms: int
+    error: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        return {"at": rfc3339(self.at), "http_status": self.http_status,
+                "latency_ms": self.latency_ms, "error": self.error}
+
+
+@dataclass(frozen=True)
+class WebhookEvent:
+    """An outbox entry. ``event_id`` is the ``webhook-id`` header on every attempt."""
+
+    event_id: str
+    provider: str
+    claim: str | None  # None for test events
+    body: str  # the exact JSON bytes signed and sent, the same on every attempt
+    status: EventStatus
+    created_at: datetime
+    next_attempt_at: datetime | None
+    tries: int  # attempts in the current round (redelivery starts a new round)
+    attempts: tuple[Delivery, ...] = ()
+    delivered_at: datetime | None = None
+    lease_until: datetime | None = None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.event_id,
+            "claim": self.claim,
+            "status": str(self.status),
+            "created_at": rfc3339(self.created_at),
+            "delivered_at": rfc3339(self.delivered_at),
+            "next_attempt_at": rfc3339(self.next_attempt_at),
+            "attempts": [a.public() for a in self.attempts],
+            "payload": json.loads(self.body),
         }

@@ -78,6 +78,12 @@ OPTIONS: tuple[Option, ...] = (
            "seconds a transfer attempt may run before reconciliation asks the gateway"),
     Option("settle_grace", 60.0, float,
            "seconds after an attempt started before 'no such transaction' is believed"),
+    Option("webhook_timeout", 10.0, float, "seconds a webhook endpoint has to answer"),
+    Option("webhook_retry_schedule", "5,300,1800,7200,18000,36000,36000,86400,86400", str,
+           "seconds between webhook attempts (comma-separated); then the event fails"),
+    Option("webhook_sweep_interval", 2.0, float, "seconds between webhook outbox sweeps"),
+    Option("webhook_concurrency", 32, int, "webhook deliveries in flight at once, in all"),
+    Option("webhook_per_provider", 4, int, "webhook deliveries in flight for one provider"),
     Option("embedded_db_port", 0, int, "port of the embedded database (0 picks a free one)"),
     Option("db_timeout_ms", 5000, int, "how long a database call may wait for the server"),
     Option("log_level", "info", str, "debug, info, warning or error"),
@@ -112,6 +118,11 @@ class Settings:
     reconcile_interval: float = 30.0
     attempt_lease: float = 120.0
     settle_grace: float = 60.0
+    webhook_timeout: float = 10.0
+    webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000,86400,86400"
+    webhook_sweep_interval: float = 2.0
+    webhook_concurrency: int = 32
+    webhook_per_provider: int = 4
     embedded_db_port: int = 0
     db_timeout_ms: int = 5000
     log_level: str = "info"
@@ -127,6 +138,10 @@ class Settings:
 
     def public_base(self) -> str:
         return self.public_url.rstrip("/")
+
+    @property
+    def retry_schedule(self) -> list[float]:
+        return [float(s) for s in self.webhook_retry_schedule.split(",") if s.strip()]
 
 
 class SettingsError(Exception):
@@ -233,6 +248,15 @@ def validate(s: Settings) -> list[str]:
             p.append("CASHOUT_EBS_APPLICATION_ID: required with CASHOUT_GATEWAY=ebs")
         if s.ebs_ca_file and not os.path.isfile(s.ebs_ca_file):
             p.append(f"CASHOUT_EBS_CA_FILE: {s.ebs_ca_file!r} is not a readable file")
+    try:
+        if any(d < 0 for d in s.retry_schedule):
+            raise ValueError
+    except ValueError:
+        p.append("CASHOUT_WEBHOOK_RETRY_SCHEDULE: must be comma-separated seconds, e.g. 5,300")
+    if s.webhook_timeout <= 0 or s.webhook_sweep_interval <= 0:
+        p.append("CASHOUT_WEBHOOK_TIMEOUT / _SWEEP_INTERVAL: must be positive")
+    if s.webhook_concurrency < 1 or not 1 <= s.webhook_per_provider <= s.webhook_concurrency:
+        p.append("CASHOUT_WEBHOOK_PER_PROVIDER: must be from 1 to CASHOUT_WEBHOOK_CONCURRENCY")
     if s.reconcile_interval <= 0 or s.settle_grace < 0:
         p.append("CASHOUT_RECONCILE_INTERVAL / CASHOUT_SETTLE_GRACE: must be positive")
     call_time = (s.ebs_connect_timeout + s.ebs_request_timeout if s.gateway == "ebs"

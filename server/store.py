@@ -24,8 +24,11 @@ from server.models import (
     AttemptOutcome,
     Claim,
     ClaimStatus,
+    Delivery,
+    EventStatus,
     Provider,
     SealedCard,
+    WebhookEvent,
     WebhookSecret,
     as_utc,
 )
@@ -41,6 +44,12 @@ INDEXES: tuple[tuple[str, list[tuple[str, int]], dict[str, Any]], ...] = (
                 ("_id", DESCENDING)], {"name": "provider_status_newest"}),
     ("claims", [("status", ASCENDING), ("expires_at", ASCENDING)], {"name": "status_expiry"}),
     ("claims", [("status", ASCENDING), ("lease_until", ASCENDING)], {"name": "status_lease"}),
+    ("claims", [("notify", ASCENDING)], {"name": "notify"}),
+    ("events", [("status", ASCENDING), ("next_attempt_at", ASCENDING)], {"name": "due"}),
+    ("events", [("provider", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
+     {"name": "provider_newest"}),
+    ("events", [("provider", ASCENDING), ("status", ASCENDING), ("created_at", DESCENDING),
+                ("_id", DESCENDING)], {"name": "provider_status_newest"}),
 )
 
 
@@ -189,8 +198,32 @@ def _claim_doc(c: Claim) -> dict[str, Any]:
     }
 
 
-def encode_cursor(claim: Claim) -> str:
-    raw = f"{int(claim.created_at.timestamp() * 1000)}:{claim.uuid}"
+def _event_doc(e: WebhookEvent) -> dict[str, Any]:
+    return {"_id": e.event_id, "provider": e.provider, "claim": e.claim, "body": e.body,
+            "status": str(e.status), "created_at": e.created_at,
+            "next_attempt_at": e.next_attempt_at, "tries": e.tries, "attempts": [],
+            "lease_until": e.created_at}
+
+
+def _event_from_doc(doc: Mapping[str, Any]) -> WebhookEvent:
+    return WebhookEvent(
+        event_id=doc["_id"],
+        provider=doc["provider"],
+        claim=doc.get("claim"),
+        body=doc["body"],
+        status=EventStatus(doc["status"]),
+        created_at=as_utc(doc["created_at"]),
+        next_attempt_at=_opt_dt(doc.get("next_attempt_at")),
+        tries=doc.get("tries", 0),
+        attempts=tuple(Delivery(as_utc(a["at"]), a.get("http_status"), a["latency_ms"],
+                                a.get("error")) for a in doc.get("attempts", ())),
+        delivered_at=_opt_dt(doc.get("delivered_at")),
+        lease_until=_opt_dt(doc.get("lease_until")),
+    )
+
+
+def encode_cursor(created_at: datetime, key: str) -> str:
+    raw = f"{int(created_at.timestamp() * 1000)}:{key}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
@@ -322,7 +355,8 @@ class Store:
         claims = [_claim_from_doc(d) async for d in cursor]
         more = len(claims) > limit
         claims = claims[:limit]
-        return Page(claims, encode_cursor(claims[-1]) if more and claims else None)
+        return Page(claims, encode_cursor(claims[-1].created_at, claims[-1].uuid)
+                    if more and claims else None)
 
     async def cancel_claim(self, provider: str, uuid: str, now: datetime) -> Claim | None:
         """Compare-and-set pending -> cancelled; None when the claim was not pending."""
@@ -367,6 +401,7 @@ class Store:
             changes["response_message"] = s.message
         if s.status.terminal:
             changes["completed_at"] = s.at
+            changes["notify"] = True  # the outbox event is owed; cleared once written
         if s.reference:
             changes["reference"] = s.reference
         if s.next_attempt is not None:
@@ -408,7 +443,8 @@ class Store:
     async def expire_claim(self, uuid: str, now: datetime) -> Claim | None:
         doc = await self.db.claims.find_one_and_update(
             {"_id": uuid, "status": str(ClaimStatus.PENDING), "expires_at": {"$lte": now}},
-            {"$set": {"status": str(ClaimStatus.EXPIRED), "completed_at": now},
+            {"$set": {"status": str(ClaimStatus.EXPIRED), "completed_at": now,
+                      "notify": True},
              "$unset": {"card.pan": ""}},
             return_document=ReturnDocument.AFTER)
         return _claim_from_doc(doc) if doc else None
@@ -423,6 +459,85 @@ class Store:
         except DuplicateKeyError:
             return False  # held by another process
         return result.modified_count == 1 or result.upserted_id is not None
+
+    # -- webhook outbox ----------------------------------------------------------------------
+
+    async def claims_owed_an_event(self, limit: int) -> list[Claim]:
+        cursor = self.db.claims.find({"notify": True}).limit(limit)
+        return [_claim_from_doc(d) async for d in cursor]
+
+    async def insert_event(self, event: WebhookEvent) -> bool:
+        """False when the event already exists (its id is derived from the claim)."""
+        try:
+            await self.db.events.insert_one(_event_doc(event))
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def event_written(self, claim_uuid: str) -> None:
+        await self.db.claims.update_one({"_id": claim_uuid}, {"$unset": {"notify": ""}})
+
+    async def due_events(self, now: datetime, limit: int) -> list[tuple[str, str]]:
+        """(event id, provider) of pending events whose next attempt is due."""
+        cursor = self.db.events.find(
+            {"status": str(EventStatus.PENDING), "next_attempt_at": {"$lte": now}},
+            {"provider": 1}).sort("next_attempt_at", ASCENDING).limit(limit)
+        return [(d["_id"], d["provider"]) async for d in cursor]
+
+    async def take_event(self, event_id: str, now: datetime, until: datetime
+                         ) -> WebhookEvent | None:
+        """Lease a due event so that no other process sends this attempt."""
+        doc = await self.db.events.find_one_and_update(
+            {"_id": event_id, "status": str(EventStatus.PENDING),
+             "next_attempt_at": {"$lte": now}, "lease_until": {"$lte": now}},
+            {"$set": {"lease_until": until}}, return_document=ReturnDocument.AFTER)
+        return _event_from_doc(doc) if doc else None
+
+    async def record_delivery(self, event: WebhookEvent, attempt: Delivery,
+                              status: EventStatus, next_attempt_at: datetime | None
+                              ) -> bool:
+        """Append the attempt and move the event on, only while we still hold its lease."""
+        changes: dict[str, Any] = {"status": str(status), "next_attempt_at": next_attempt_at,
+                                   "tries": event.tries + 1, "lease_until": attempt.at}
+        if status is EventStatus.DELIVERED:
+            changes["delivered_at"] = attempt.at
+        result = await self.db.events.update_one(
+            {"_id": event.event_id, "lease_until": event.lease_until},
+            {"$set": changes, "$push": {"attempts": {
+                "at": attempt.at, "http_status": attempt.http_status,
+                "latency_ms": attempt.latency_ms, "error": attempt.error}}})
+        return result.modified_count == 1
+
+    async def event(self, provider: str, event_id: str) -> WebhookEvent | None:
+        doc = await self.db.events.find_one({"_id": event_id, "provider": provider})
+        return _event_from_doc(doc) if doc else None
+
+    async def list_events(self, provider: str, *, status: str | None, limit: int,
+                          after: tuple[datetime, str] | None
+                          ) -> tuple[list[WebhookEvent], tuple[datetime, str] | None]:
+        query: dict[str, Any] = {"provider": provider}
+        if status:
+            query["status"] = status
+        if after:
+            created, eid = after
+            query["$or"] = [{"created_at": {"$lt": created}},
+                            {"created_at": created, "_id": {"$lt": eid}}]
+        cursor = self.db.events.find(query).sort(
+            [("created_at", DESCENDING), ("_id", DESCENDING)]).limit(limit + 1)
+        events = [_event_from_doc(d) async for d in cursor]
+        more = len(events) > limit
+        events = events[:limit]
+        last = (events[-1].created_at, events[-1].event_id) if more and events else None
+        return events, last
+
+    async def redeliver(self, provider: str, event_id: str, now: datetime
+                        ) -> WebhookEvent | None:
+        """Start a new round of attempts (the history is kept)."""
+        doc = await self.db.events.find_one_and_update(
+            {"_id": event_id, "provider": provider},
+            {"$set": {"status": str(EventStatus.PENDING), "next_attempt_at": now, "tries": 0}},
+            return_document=ReturnDocument.AFTER)
+        return _event_from_doc(doc) if doc else None
 
     # -- key rotation ----------------------------------------------------------------------
 

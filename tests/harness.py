@@ -3,6 +3,7 @@ and a register of every secret the run created so logs can be checked for leaks.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import select
@@ -12,11 +13,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
 
+from gateways.mock import LEDGER_FILE as MOCK_LEDGER
 from gateways.simulator import LEDGER_FILE
 from gateways.switch import Switch
 
@@ -278,3 +281,47 @@ def wait_for_status(client: httpx.Client, name: str, uuid: str, headers: dict[st
         return wait_until(reached, timeout, interval=0.1, what=f"claim to be {wanted}")
     except AssertionError:
         raise AssertionError(f"claim stayed {last.get('status')} (wanted {wanted})") from None
+
+
+_refs = itertools.count(1)
+
+
+@dataclass
+class Provider:
+    server: ServerProcess
+    client: httpx.Client
+    name: str
+    pan: str
+    headers: dict[str, str]
+    webhook_secret: str = ""
+
+    def generate(self, amount: int, ref: str | None = None, **extra: Any) -> str:
+        ref = ref or f"ref-{next(_refs)}"
+        response = self.client.post(f"/cashout/generate/{self.name}", headers=self.headers,
+                                    json={"amount": amount, "id": ref, **extra})
+        assert response.status_code == 201
+        return response.json()["uuid"]
+
+    def claim(self, uuid: str, pan: str) -> httpx.Response:
+        remember(pan)
+        return self.client.post(f"/cashout/claim/{self.name}", json={"id": uuid, "pan": pan})
+
+    def status(self, uuid: str) -> dict[str, Any]:
+        return claim_status(self.client, self.name, uuid, self.headers)
+
+    def wait(self, uuid: str, *statuses: str) -> dict[str, Any]:
+        return wait_for_status(self.client, self.name, uuid, self.headers, statuses)
+
+    @classmethod
+    def register(cls, server: ServerProcess, endpoint: str = "http://127.0.0.1:9/hook"
+                 ) -> Provider:
+        from tests.conftest import random_pan, unique_name
+
+        client = server.client()
+        name, pan = unique_name(), random_pan()
+        creds = register(client, provider_body(name, pan, endpoint=endpoint))
+        return cls(server, client, name, pan, auth(creds["api_key"]), creds["webhook_secret"])
+
+    @property
+    def ledger(self) -> Switch:
+        return Switch(Path(self.server.env["CASHOUT_DATA_DIR"]) / MOCK_LEDGER)

@@ -5,58 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from gateways.mock import LEDGER_FILE
 from gateways.switch import Switch
 from tests.cards import luhn_card
-from tests.conftest import random_pan, unique_name
-from tests.harness import (
-    FAST_RECONCILE,
-    ServerProcess,
-    auth,
-    claim_status,
-    provider_body,
-    register,
-    remember,
-    wait_for_status,
-)
-
-
-@dataclass
-class Provider:
-    server: ServerProcess
-    client: httpx.Client
-    name: str
-    pan: str
-    headers: dict[str, str]
-
-    def generate(self, amount: int, ref: str | None = None, **extra: Any) -> str:
-        response = self.client.post(f"/cashout/generate/{self.name}", headers=self.headers,
-                                    json={"amount": amount, "id": ref or unique_name("ref"),
-                                          **extra})
-        assert response.status_code == 201
-        return response.json()["uuid"]
-
-    def claim(self, uuid: str, pan: str) -> httpx.Response:
-        remember(pan)
-        return self.client.post(f"/cashout/claim/{self.name}", json={"id": uuid, "pan": pan})
-
-    def status(self, uuid: str) -> dict[str, Any]:
-        return claim_status(self.client, self.name, uuid, self.headers)
-
-    def wait(self, uuid: str, *statuses: str) -> dict[str, Any]:
-        return wait_for_status(self.client, self.name, uuid, self.headers, statuses)
-
-    @property
-    def ledger(self) -> Switch:
-        return Switch(Path(self.server.env["CASHOUT_DATA_DIR"]) / LEDGER_FILE)
+from tests.conftest import random_pan
+from tests.harness import FAST_RECONCILE, Provider, ServerProcess, remember
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +24,7 @@ def paying_server(server_factory: Any) -> ServerProcess:
 
 @pytest.fixture()
 def provider(paying_server: ServerProcess) -> Provider:
-    client = paying_server.client()
-    name, pan = unique_name(), random_pan()
-    creds = register(client, provider_body(name, pan))
-    return Provider(paying_server, client, name, pan, auth(creds["api_key"]))
+    return Provider.register(paying_server)
 
 
 def moved_to(ledger: Switch, pan: str) -> int:

@@ -1,0 +1,31 @@
+"""The provider's delivery log and controls for its webhooks (DESIGN.md section 7)."""
+
+from __future__ import annotations
+
+from handlers.base import ApiHandler
+from server import validation
+
+
+class WebhooksHandler(ApiHandler):
+    async def get(self, name: str) -> None:
+        provider = await self.provider(name)
+        self.write_json(await self.services.webhooks.list(
+            provider, status=self.get_query_argument("status", None),
+            limit=self.get_query_argument("limit", None),
+            after=self.get_query_argument("after", None)))
+
+
+class RedeliverHandler(ApiHandler):
+    async def post(self, name: str, event_id: str) -> None:
+        provider = await self.provider(name)
+        validation.check("empty", self.json_body(optional=True))
+        event = await self.services.webhooks.redeliver(provider, event_id)
+        self.write_json(event.public(), status=202)
+
+
+class TestWebhookHandler(ApiHandler):
+    async def post(self, name: str) -> None:
+        provider = await self.provider(name)
+        validation.check("empty", self.json_body(optional=True))
+        event = await self.services.webhooks.send_test(provider)
+        self.write_json(event.public(), status=202)
