@@ -11,10 +11,7 @@ from server import validation
 from server.errors import ApiError, invalid, not_found
 from server.models import Claim, ClaimStatus, Provider, rfc3339, utcnow
 from server.settings import Settings
-from server.store import Duplicate, Page, Store, decode_cursor
-
-DEFAULT_PAGE = 20
-MAX_PAGE = 100
+from server.store import Duplicate, Page, Store
 
 
 @dataclass(frozen=True)
@@ -109,20 +106,8 @@ class ClaimService:
 
     async def list(self, provider: Provider, *, status: str | None, limit: str | None,
                    after: str | None) -> Page:
-        if status is not None and status not in ClaimStatus.__members__.values():
-            raise invalid("status", "must be one of " + ", ".join(s.value for s in ClaimStatus))
-        size = DEFAULT_PAGE
-        if limit is not None:
-            if not limit.isdigit() or not 1 <= int(limit) <= MAX_PAGE:
-                raise invalid("limit", f"must be a whole number from 1 to {MAX_PAGE}")
-            size = int(limit)
-        cursor = None
-        if after is not None:
-            cursor = decode_cursor(after)
-            if cursor is None:
-                raise invalid("after", "is not a cursor from an earlier page")
-        return await self.store.list_claims(provider.name, status=status, limit=size,
-                                            after=cursor)
+        request = validation.page_request(status, (s.value for s in ClaimStatus), limit, after)
+        return await self.store.list_claims(provider.name, request)
 
     async def cancel(self, provider: Provider, uuid: str, body: Any) -> Claim:
         validation.check("empty", body)

@@ -22,10 +22,9 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-from tornado.ioloop import PeriodicCallback
-
 from gateways.base import Card, Gateway, Outcome, TransferRequest, TransferResult
 from server import validation
+from server.background import Background
 from server.crypto import DecryptionError, KeyRing, aad
 from server.errors import ApiError, not_found
 from server.models import Attempt, AttemptOutcome, Claim, ClaimStatus, utcnow
@@ -53,9 +52,7 @@ class PayoutEngine:
         self.providers = providers
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuidlib.uuid4().hex[:8]}"
         self.on_terminal: list[TerminalHook] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._periodic: PeriodicCallback | None = None
-        self._ticking = False
+        self.background = Background("payouts")
 
     # -- claiming --------------------------------------------------------------------------
 
@@ -81,7 +78,7 @@ class PayoutEngine:
         if claim is None:
             raise await self._why_not_claimable(provider, uuid)
         log.info("claim %s… claimed, attempt %d", uuid[:8], len(claim.attempts))
-        self._spawn(self._run(claim))
+        self.background.spawn(self._run(claim))
         return claim
 
     async def _why_not_claimable(self, provider: str, uuid: str) -> ApiError:
@@ -107,13 +104,6 @@ class PayoutEngine:
         return claim
 
     # -- transfers -------------------------------------------------------------------------
-
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        """Run in the background on the IOLoop, remembered so shutdown can wait for it."""
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(_log_failure)
 
     async def _run(self, claim: Claim) -> None:
         current = claim.current
@@ -180,7 +170,7 @@ class PayoutEngine:
         if updated is None:
             return None  # settled by someone else first
         if settlement.next_attempt is not None:
-            self._spawn(self._run(updated))
+            self.background.spawn(self._run(updated))
         elif updated.status.terminal:
             await self._terminal(updated)
         return updated
@@ -226,37 +216,16 @@ class PayoutEngine:
 
     async def tick(self) -> None:
         """One round of background work, under a lease so processes take turns."""
-        if self._ticking:
-            return
-        self._ticking = True
-        try:
-            now = utcnow()
-            hold = timedelta(seconds=self.settings.reconcile_interval * 3)
-            if await self.store.acquire_lease("payouts", self.holder, now, now + hold):
-                await self.reconcile_once()
-                await self.expire_once()
-        except Exception as exc:  # keep ticking; the database may just be down for a moment
-            log.warning("reconciliation round failed: %s", type(exc).__name__)
-        finally:
-            self._ticking = False
+        now = utcnow()
+        hold = timedelta(seconds=self.settings.reconcile_interval * 3)
+        if await self.store.acquire_lease("payouts", self.holder, now, now + hold):
+            await self.reconcile_once()
+            await self.expire_once()
 
     def start(self) -> None:
-        self._spawn(self.tick())
-        self._periodic = PeriodicCallback(lambda: self._spawn(self.tick()),
-                                          self.settings.reconcile_interval * 1000)
-        self._periodic.start()
+        self.background.every(self.settings.reconcile_interval, self.tick)
 
     async def stop(self, deadline: float = 10.0) -> None:
         """Stop periodic work and give in-flight transfers until ``deadline`` to finish;
         anything still open then is left, safely, to reconciliation."""
-        if self._periodic is not None:
-            self._periodic.stop()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=deadline)
-
-
-def _log_failure(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        exc = task.exception()
-        log.error("background payout work failed: %s", type(exc).__name__,
-                  exc_info=exc)
+        await self.background.stop(deadline)

@@ -89,6 +89,13 @@ def _attempt_doc(a: Attempt) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class PageRequest:
+    status: str | None
+    limit: int
+    after: tuple[datetime, str] | None  # (created_at, _id) of the last item already seen
+
+
+@dataclass(frozen=True)
 class Page:
     claims: list[Claim]
     next_cursor: str | None
@@ -341,22 +348,27 @@ class Store:
         doc = await self.db.claims.find_one({"provider": provider, "ref": ref})
         return _claim_from_doc(doc) if doc else None
 
-    async def list_claims(self, provider: str, *, status: str | None, limit: int,
-                          after: tuple[datetime, str] | None) -> Page:
+    async def _newest_first(self, collection: str, provider: str, request: PageRequest
+                            ) -> tuple[list[Mapping[str, Any]], str | None]:
+        """One page of a provider's documents, newest first, and the cursor to the next."""
         query: dict[str, Any] = {"provider": provider}
-        if status:
-            query["status"] = status
-        if after:
-            created, uuid = after
+        if request.status:
+            query["status"] = request.status
+        if request.after:
+            created, key = request.after
             query["$or"] = [{"created_at": {"$lt": created}},
-                            {"created_at": created, "_id": {"$lt": uuid}}]
-        cursor = self.db.claims.find(query).sort(
-            [("created_at", DESCENDING), ("_id", DESCENDING)]).limit(limit + 1)
-        claims = [_claim_from_doc(d) async for d in cursor]
-        more = len(claims) > limit
-        claims = claims[:limit]
-        return Page(claims, encode_cursor(claims[-1].created_at, claims[-1].uuid)
-                    if more and claims else None)
+                            {"created_at": created, "_id": {"$lt": key}}]
+        cursor = self.db[collection].find(query).sort(
+            [("created_at", DESCENDING), ("_id", DESCENDING)]).limit(request.limit + 1)
+        docs = [d async for d in cursor]
+        if len(docs) <= request.limit:
+            return docs, None
+        last = docs[request.limit - 1]
+        return docs[:request.limit], encode_cursor(as_utc(last["created_at"]), last["_id"])
+
+    async def list_claims(self, provider: str, request: PageRequest) -> Page:
+        docs, next_cursor = await self._newest_first("claims", provider, request)
+        return Page([_claim_from_doc(d) for d in docs], next_cursor)
 
     async def cancel_claim(self, provider: str, uuid: str, now: datetime) -> Claim | None:
         """Compare-and-set pending -> cancelled; None when the claim was not pending."""
@@ -512,23 +524,10 @@ class Store:
         doc = await self.db.events.find_one({"_id": event_id, "provider": provider})
         return _event_from_doc(doc) if doc else None
 
-    async def list_events(self, provider: str, *, status: str | None, limit: int,
-                          after: tuple[datetime, str] | None
-                          ) -> tuple[list[WebhookEvent], tuple[datetime, str] | None]:
-        query: dict[str, Any] = {"provider": provider}
-        if status:
-            query["status"] = status
-        if after:
-            created, eid = after
-            query["$or"] = [{"created_at": {"$lt": created}},
-                            {"created_at": created, "_id": {"$lt": eid}}]
-        cursor = self.db.events.find(query).sort(
-            [("created_at", DESCENDING), ("_id", DESCENDING)]).limit(limit + 1)
-        events = [_event_from_doc(d) async for d in cursor]
-        more = len(events) > limit
-        events = events[:limit]
-        last = (events[-1].created_at, events[-1].event_id) if more and events else None
-        return events, last
+    async def list_events(self, provider: str, request: PageRequest
+                          ) -> tuple[list[WebhookEvent], str | None]:
+        docs, next_cursor = await self._newest_first("events", provider, request)
+        return [_event_from_doc(d) for d in docs], next_cursor
 
     async def redeliver(self, provider: str, event_id: str, now: datetime
                         ) -> WebhookEvent | None:

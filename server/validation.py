@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from functools import cache, lru_cache
 from pathlib import Path
@@ -22,9 +22,12 @@ from referencing import Registry, Resource
 
 from gateways.base import luhn_ok
 from server.errors import ApiError, invalid
+from server.store import PageRequest, decode_cursor
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{2,63}$")
+DEFAULT_PAGE = 20
+MAX_PAGE = 100
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 _DIGIT_RUN = re.compile(r"\d{6,}")
 _TYPE_WORDS = {"integer": "an integer", "string": "a string", "boolean": "true or false",
@@ -176,3 +179,20 @@ def _is_internal_ip(host: str) -> bool:
     except ValueError:
         return False
     return not addr.is_global or addr.is_multicast
+
+
+def page_request(status: str | None, statuses: Iterable[str], limit: str | None,
+                 after: str | None) -> PageRequest:
+    """The ``status``, ``limit`` and ``after`` query parameters of a list route."""
+    allowed = list(statuses)
+    if status is not None and status not in allowed:
+        raise invalid("status", "must be one of " + ", ".join(allowed))
+    size = DEFAULT_PAGE
+    if limit is not None:
+        if not limit.isdigit() or not 1 <= int(limit) <= MAX_PAGE:
+            raise invalid("limit", f"must be a whole number from 1 to {MAX_PAGE}")
+        size = int(limit)
+    cursor = decode_cursor(after) if after is not None else None
+    if after is not None and cursor is None:
+        raise invalid("after", "is not a cursor from an earlier page")
+    return PageRequest(status, size, cursor)

@@ -25,15 +25,15 @@ import socket
 import time
 import uuid as uuidlib
 from collections import defaultdict
-from collections.abc import Awaitable
 from datetime import datetime, timedelta
 from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
-from tornado.ioloop import PeriodicCallback
 from tornado.netutil import DefaultExecutorResolver, Resolver
 
-from server.errors import ApiError, invalid, not_found
+from server import validation
+from server.background import Background
+from server.errors import ApiError, not_found
 from server.models import (
     Claim,
     ClaimStatus,
@@ -46,7 +46,7 @@ from server.models import (
 )
 from server.providers import ProviderService
 from server.settings import Settings
-from server.store import Store, decode_cursor, encode_cursor
+from server.store import Store
 
 log = logging.getLogger("cashout.webhooks")
 
@@ -142,9 +142,7 @@ class WebhookSender:
         self._per_provider: defaultdict[str, asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(settings.webhook_per_provider))
         self._in_flight: set[str] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._periodic: PeriodicCallback | None = None
-        self._sweeping = False
+        self.background = Background("webhooks")
 
     # -- writing events --------------------------------------------------------------------
 
@@ -156,7 +154,7 @@ class WebhookSender:
                             payload(claim))
         await self.store.insert_event(event)
         await self.store.event_written(claim.uuid)
-        self._spawn(self.deliver(event.event_id, claim.provider))
+        self.background.spawn(self.deliver(event.event_id, claim.provider))
 
     def _event(self, provider: str, event_id: str, claim: str | None,
                body: dict[str, Any]) -> WebhookEvent:
@@ -167,12 +165,6 @@ class WebhookSender:
                             tries=0)
 
     # -- sending ---------------------------------------------------------------------------
-
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(_log_failure)
 
     async def deliver(self, event_id: str, provider_name: str) -> None:
         """One attempt for one event, if it is due and no one else holds it."""
@@ -248,57 +240,32 @@ class WebhookSender:
 
     async def sweep(self) -> None:
         """Write events owed by finished claims, then send whatever is due."""
-        if self._sweeping:
-            return
-        self._sweeping = True
-        try:
-            for claim in await self.store.claims_owed_an_event(SWEEP_BATCH):
-                await self.claim_finished(claim)
-            for event_id, provider in await self.store.due_events(utcnow(), SWEEP_BATCH):
-                if event_id not in self._in_flight:
-                    self._spawn(self.deliver(event_id, provider))
-        except Exception as exc:  # keep sweeping; the database may be down for a moment
-            log.warning("webhook sweep failed: %s", type(exc).__name__)
-        finally:
-            self._sweeping = False
+        for claim in await self.store.claims_owed_an_event(SWEEP_BATCH):
+            await self.claim_finished(claim)
+        for event_id, provider in await self.store.due_events(utcnow(), SWEEP_BATCH):
+            if event_id not in self._in_flight:
+                self.background.spawn(self.deliver(event_id, provider))
 
     def start(self) -> None:
-        self._spawn(self.sweep())
-        self._periodic = PeriodicCallback(lambda: self._spawn(self.sweep()),
-                                          self.settings.webhook_sweep_interval * 1000)
-        self._periodic.start()
+        self.background.every(self.settings.webhook_sweep_interval, self.sweep)
 
     async def stop(self, deadline: float = 10.0) -> None:
-        if self._periodic is not None:
-            self._periodic.stop()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=deadline)
+        await self.background.stop(deadline)
         self.client.close()
 
     # -- the provider's controls -----------------------------------------------------------
 
     async def list(self, provider: Provider, *, status: str | None, limit: str | None,
                    after: str | None) -> dict[str, Any]:
-        if status is not None and status not in EventStatus.__members__.values():
-            raise invalid("status", "must be one of " + ", ".join(s.value for s in EventStatus))
-        size = 20
-        if limit is not None:
-            if not limit.isdigit() or not 1 <= int(limit) <= 100:
-                raise invalid("limit", "must be a whole number from 1 to 100")
-            size = int(limit)
-        cursor = decode_cursor(after) if after is not None else None
-        if after is not None and cursor is None:
-            raise invalid("after", "is not a cursor from an earlier page")
-        events, last = await self.store.list_events(provider.name, status=status, limit=size,
-                                                    after=cursor)
-        return {"events": [e.public() for e in events],
-                "next": encode_cursor(*last) if last else None}
+        request = validation.page_request(status, (s.value for s in EventStatus), limit, after)
+        events, next_cursor = await self.store.list_events(provider.name, request)
+        return {"events": [e.public() for e in events], "next": next_cursor}
 
     async def redeliver(self, provider: Provider, event_id: str) -> WebhookEvent:
         event = await self.store.redeliver(provider.name, event_id, utcnow())
         if event is None:
             raise not_found("No such event.")
-        self._spawn(self.deliver(event.event_id, provider.name))
+        self.background.spawn(self.deliver(event.event_id, provider.name))
         return event
 
     async def send_test(self, provider: Provider) -> WebhookEvent:
@@ -309,7 +276,7 @@ class WebhookSender:
         event = self._event(provider.name, event_id, None, body)
         if not await self.store.insert_event(event):  # pragma: no cover - random id
             raise ApiError(409, "conflict", "Try again.")
-        self._spawn(self.deliver(event_id, provider.name))
+        self.background.spawn(self.deliver(event_id, provider.name))
         return event
 
 
@@ -317,8 +284,3 @@ def _describe(exc: BaseException) -> str:
     """A short, secret-free description of a network failure."""
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:200]
-
-
-def _log_failure(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("webhook work failed", exc_info=task.exception())

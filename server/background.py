@@ -1,0 +1,58 @@
+"""Background work on the IOLoop: tasks that shutdown can wait for, and periodic rounds
+that never overlap themselves."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from tornado.ioloop import PeriodicCallback
+
+log = logging.getLogger("cashout.background")
+
+
+class Background:
+    def __init__(self, name: str):
+        self.name = name
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._periodic: PeriodicCallback | None = None
+        self._running = False
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        """Run ``coro`` in the background, remembered so ``stop`` can wait for it."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._log_failure)
+
+    def every(self, seconds: float, round_: Callable[[], Awaitable[None]]) -> None:
+        """Run ``round_`` now and every ``seconds``; a round still running is not doubled,
+        and a failed round (say, the database is down) is logged and tried next time."""
+
+        async def guarded() -> None:
+            if self._running:
+                return
+            self._running = True
+            try:
+                await round_()
+            except Exception as exc:
+                log.warning("%s round failed: %s", self.name, type(exc).__name__)
+            finally:
+                self._running = False
+
+        self.spawn(guarded())
+        self._periodic = PeriodicCallback(lambda: self.spawn(guarded()), seconds * 1000)
+        self._periodic.start()
+
+    async def stop(self, deadline: float) -> None:
+        """Stop the periodic rounds and give running tasks until ``deadline`` seconds."""
+        if self._periodic is not None:
+            self._periodic.stop()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=deadline)
+
+    def _log_failure(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s work failed", self.name, exc_info=task.exception())
