@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from handlers.base import BaseHandler
+from server.validation import openapi_document
 
 
 class HealthHandler(BaseHandler):
@@ -17,3 +18,10 @@ class ReadyHandler(BaseHandler):
         ready = db and alive is not False
         self.write_json({"status": "ok" if ready else "unavailable", "database": db,
                          "gateway": alive}, status=200 if ready else 503)
+
+
+class OpenApiHandler(BaseHandler):
+    """``schemas/openapi.yaml`` as JSON, with the request schemas inlined from their files."""
+
+    def get(self) -> None:
+        self.write_json(openapi_document())

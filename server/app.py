@@ -39,6 +39,7 @@ ROUTES: tuple[tuple[str, type[tornado.web.RequestHandler]], ...] = (
     ("/cashout/webhooks/{name}", webhooks_api.WebhooksHandler),
     ("/healthz", ops.HealthHandler),
     ("/readyz", ops.ReadyHandler),
+    ("/openapi.json", ops.OpenApiHandler),
 )
 
 

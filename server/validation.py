@@ -196,3 +196,26 @@ def page_request(status: str | None, statuses: Iterable[str], limit: str | None,
     if after is not None and cursor is None:
         raise invalid("after", "is not a cursor from an earlier page")
     return PageRequest(status, size, cursor)
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI description, its ``$ref``s to the request schema files resolved in place
+    so one document is complete on its own."""
+    import yaml  # only the docs route needs it
+
+    doc = yaml.safe_load((SCHEMA_DIR / "openapi.yaml").read_text())
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.endswith(".json") and "/" not in ref:
+                schema = json.loads((SCHEMA_DIR / ref).read_text())
+                schema.pop("$schema", None)
+                return inline(schema)
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return inline(doc)
