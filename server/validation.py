@@ -209,9 +209,13 @@ def openapi_document() -> dict[str, Any]:
     def inline(node: Any) -> Any:
         if isinstance(node, dict):
             ref = node.get("$ref")
-            if isinstance(ref, str) and ref.endswith(".json") and "/" not in ref:
-                schema = json.loads((SCHEMA_DIR / ref).read_text())
-                schema.pop("$schema", None)
+            name, _, pointer = ref.partition("#") if isinstance(ref, str) else ("", "", "")
+            if name.endswith(".json") and "/" not in name:
+                schema: Any = json.loads((SCHEMA_DIR / name).read_text())
+                for part in filter(None, pointer.split("/")):
+                    schema = schema[part]
+                if isinstance(schema, dict):
+                    schema = {k: v for k, v in schema.items() if k not in ("$schema", "$id")}
                 return inline(schema)
             return {k: inline(v) for k, v in node.items()}
         if isinstance(node, list):
