@@ -53,6 +53,16 @@ class BaseHandler(RequestHandler):
 
     def initialize(self, route: str = "?") -> None:
         self.route = route
+        self._counted = False
+
+    def prepare(self) -> None:
+        self.services.inflight.enter()
+        self._counted = True
+
+    def on_finish(self) -> None:
+        if self._counted:
+            self.services.inflight.leave()
+            self._counted = False
 
     @property
     def services(self) -> Services:

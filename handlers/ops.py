@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from handlers.base import BaseHandler
+from server import metrics
+from server.models import utcnow
 from server.validation import openapi_document
 
 
@@ -18,6 +20,15 @@ class ReadyHandler(BaseHandler):
         ready = db and alive is not False
         self.write_json({"status": "ok" if ready else "unavailable", "database": db,
                          "gateway": alive}, status=200 if ready else 503)
+
+
+class MetricsHandler(BaseHandler):
+    """Prometheus text format; no authentication, so nothing secret and no provider names."""
+
+    async def get(self) -> None:
+        figures = await self.services.store.figures(utcnow())
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish(metrics.render(figures))
 
 
 class OpenApiHandler(BaseHandler):

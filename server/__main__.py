@@ -19,10 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("serve", parents=[common], help="run the HTTP service (the default)")
     admin = commands.add_parser("admin", parents=[common], help="operator tasks")
     tasks = admin.add_subparsers(dest="task", metavar="TASK", required=True)
-    tasks.add_parser("rotate-keys", parents=[common],
-                     help="re-encrypt every stored secret to the first key of CASHOUT_KEYS")
-    tasks.add_parser("new-key", parents=[common],
-                     help="print a fresh kid:base64key entry for CASHOUT_KEYS")
+    from server.admin_cli import add_tasks
+
+    add_tasks(tasks, common)
     return parser
 
 
@@ -39,13 +38,28 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"cashout: {problem}", file=sys.stderr)
         return 2
+    if settings.processes > 1:
+        _share_metrics_between_processes(settings)
     if getattr(args, "command", None) == "admin":
         from server import admin
 
-        return admin.run(args.task, settings)
+        return admin.run(args.task, settings, args)
     from server import main as server_main
 
     return server_main.main(settings)
+
+
+def _share_metrics_between_processes(settings: settings_mod.Settings) -> None:
+    """prometheus_client decides how to store values when it is first imported, so the
+    multiprocess directory must be set before anything imports it."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    path = Path(settings.data_dir) / "metrics"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
 
 
 if __name__ == "__main__":

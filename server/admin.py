@@ -1,19 +1,88 @@
-"""Operator tasks that run beside (or without) a live server."""
+"""Operator tasks (``python -m server admin TASK``) that run beside, or without, live servers.
+
+They work through the same services as the server and coordinate with it only through the
+database, so they are safe to run while servers are up.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import sys
+from collections.abc import Awaitable, Callable
 
 from server import logs
+from server.app import Services
 from server.embedded_db import EmbeddedDatabase
-from server.main import init_keys
+from server.main import init_gateway, init_keys, init_store
+from server.models import utcnow
 from server.rotation import reseal_all
 from server.settings import Settings
-from server.store import Store
+
+Task = Callable[[Services, argparse.Namespace], Awaitable[int]]
 
 
-async def _with_store(settings: Settings, task: str) -> int:
+async def providers(services: Services, args: argparse.Namespace) -> int:
+    found = await services.store.providers()
+    for provider in found:
+        view = provider.public()
+        if args.json:
+            print(json.dumps(view))
+        else:
+            print(f"{view['name']:<32} {view['card']:<10} {view['created_at']}  "
+                  f"{view['endpoint']}")
+    if not args.json:
+        print(f"{len(found)} providers", file=sys.stderr)
+    return 0
+
+
+async def rotate_keys(services: Services, args: argparse.Namespace) -> int:
+    report = await reseal_all(services.store, services.keys)
+    print(f"re-encrypted {report.resealed} values to key {services.keys.primary!r}; "
+          f"{report.remaining} still under other keys")
+    return 0 if report.remaining == 0 else 1
+
+
+async def reconcile(services: Services, args: argparse.Namespace) -> int:
+    looked = 0
+    for _ in range(max(1, args.rounds)):
+        looked += await services.payouts.reconcile_once(include_unknown=True)
+        await services.payouts.background.stop(services.settings.attempt_lease)
+    figures = await services.store.figures(utcnow())
+    print(f"looked at {looked} claims; {figures.claims_by_status['processing']} still "
+          f"processing ({figures.reconcile_backlog} due)")
+    return 0
+
+
+async def redeliver(services: Services, args: argparse.Namespace) -> int:
+    if not (args.event or args.provider or args.since or args.until or args.status
+            or args.all):
+        print("cashout: name events with --event, --provider, --since/--until or --status, "
+              "or pass --all", file=sys.stderr)
+        return 2
+    count = await services.store.redeliver_matching(
+        utcnow(), event_id=args.event, provider=args.provider, since=args.since,
+        until=args.until, status=args.status)
+    print(f"{count} events queued for delivery")
+    return 0 if count or not args.event else 1
+
+
+async def expire(services: Services, args: argparse.Namespace) -> int:
+    total = 0
+    while (done := await services.payouts.expire_once()):
+        total += done
+    print(f"expired {total} claims")
+    return 0
+
+
+TASKS: dict[str, Task] = {
+    "providers": providers, "rotate-keys": rotate_keys, "reconcile": reconcile,
+    "redeliver": redeliver, "expire": expire,
+}
+
+
+async def _run(settings: Settings, task: str, args: argparse.Namespace) -> int:
     embedded = None
     uri = settings.mongodb_uri
     if not uri:
@@ -24,22 +93,24 @@ async def _with_store(settings: Settings, task: str) -> int:
             uri = embedded.start()
         else:
             embedded = None
-    store = Store(uri, settings.db_name, settings.db_timeout_ms)
+    store = await init_store(settings, uri)
+    gateway = init_gateway(settings)
+    services = Services.build(settings, store, init_keys(settings), gateway)
     try:
-        if task == "rotate-keys":
-            keys = init_keys(settings)
-            report = await reseal_all(store, keys)
-            print(f"re-encrypted {report.resealed} values to key {keys.primary!r}; "
-                  f"{report.remaining} still under other keys")
-            return 0 if report.remaining == 0 else 1
-        print(f"unknown task {task!r}", file=sys.stderr)
-        return 2
+        return await TASKS[task](services, args)
     finally:
+        await services.webhooks.stop(0)
+        await gateway.close()
         store.close()
         if embedded is not None:
             embedded.stop()
 
 
-def run(task: str, settings: Settings) -> int:
-    logs.setup("warning")
-    return asyncio.run(_with_store(settings, task))
+def run(task: str, settings: Settings, args: argparse.Namespace) -> int:
+    logs.setup("warning", settings.log_format)
+    try:
+        return asyncio.run(_run(settings, task, args))
+    except Exception as exc:
+        print(logs.mask(f"cashout: {task} failed: {type(exc).__name__}: {exc}"),
+              file=sys.stderr)
+        return 1

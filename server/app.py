@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +11,11 @@ import tornado.locale
 import tornado.web
 
 from gateways.base import Gateway, GatewayConfig
+from gateways.instrumented import InstrumentedGateway
 from handlers import claim_pages, ops, provider_api, webhooks_api
 from handlers.base import NotFoundHandler
+from server import metrics
+from server.background import InFlight
 from server.claims import ClaimService
 from server.crypto import KeyRing
 from server.logs import log_request
@@ -39,6 +42,7 @@ ROUTES: tuple[tuple[str, type[tornado.web.RequestHandler]], ...] = (
     ("/cashout/webhooks/{name}", webhooks_api.WebhooksHandler),
     ("/healthz", ops.HealthHandler),
     ("/readyz", ops.ReadyHandler),
+    ("/metrics", ops.MetricsHandler),
     ("/openapi.json", ops.OpenApiHandler),
 )
 
@@ -55,10 +59,12 @@ class Services:
     claims: ClaimService
     payouts: PayoutEngine
     webhooks: WebhookSender
+    inflight: InFlight = field(default_factory=InFlight)
 
     @classmethod
     def build(cls, settings: Settings, store: Store, keys: KeyRing, gateway: Gateway
               ) -> Services:
+        gateway = InstrumentedGateway(gateway, metrics.observe_payment)
         providers = ProviderService(settings, store, keys, gateway)
         payouts = PayoutEngine(settings, store, keys, gateway, providers)
         webhooks = WebhookSender(settings, store, providers)

@@ -21,7 +21,8 @@ log = logging.getLogger("cashout.embedded_db")
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+def die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this process when its parent dies (even by kill -9)."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
@@ -82,7 +83,7 @@ class EmbeddedDatabase:
                 [executable(), "--host", self.host, "--port", str(port),
                  "--storage-path", str(self.dir / "db"), "--log-level", "WARNING"],
                 stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile,
-                preexec_fn=_die_with_parent, start_new_session=True,
+                preexec_fn=die_with_parent, start_new_session=True,
             )
             logfile.close()
             while time.monotonic() < deadline and self.process.poll() is None:

@@ -1,11 +1,17 @@
-"""Start-up and shutdown of ``python -m server``, as small ``init_*`` steps."""
+"""Start-up and shutdown of ``python -m server``, as small ``init_*`` steps.
+
+One process by default; ``--processes N`` forks N workers that each bind the port with
+``reuse_port`` and share nothing but the database, exactly as N machines would.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
+import time
 
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
@@ -14,12 +20,13 @@ from gateways.base import Gateway, create_gateway
 from server import logs
 from server.app import Services, gateway_config, make_app
 from server.crypto import KeyRing, load_or_create_key_file
-from server.embedded_db import EmbeddedDatabase
-from server.settings import Settings
+from server.embedded_db import EmbeddedDatabase, die_with_parent
+from server.settings import Settings, replace
 from server.store import Store
 
 log = logging.getLogger("cashout")
 HARD_BODY_LIMIT = 2 * 1024 * 1024  # beyond this the connection is dropped unread
+MAX_RESTARTS = 20
 
 
 def init_keys(settings: Settings) -> KeyRing:
@@ -53,9 +60,25 @@ def init_http(services: Services) -> tuple[HTTPServer, int]:
         idle_connection_timeout=60,
         body_timeout=30,
     )
-    sockets = bind_sockets(settings.port, settings.host)
+    sockets = bind_sockets(settings.port, settings.host, reuse_port=settings.processes > 1)
     server.add_sockets(sockets)
     return server, int(sockets[0].getsockname()[1])
+
+
+async def shutdown(server: HTTPServer, services: Services, timeout: float) -> None:
+    """Stop accepting, let requests and transfers in flight finish until ``timeout``; what
+    is still open after that is left, safely, to reconciliation."""
+    deadline = time.monotonic() + timeout
+    server.stop()
+    if not await services.inflight.wait_idle(timeout):
+        log.warning("%d requests still running at the shutdown deadline",
+                    services.inflight.count)
+    await services.payouts.stop(max(0.0, deadline - time.monotonic()))
+    await services.webhooks.stop(max(0.0, deadline - time.monotonic()))
+    try:
+        await asyncio.wait_for(server.close_all_connections(), timeout=5)
+    except TimeoutError:
+        log.warning("connections still open after the deadline; closing anyway")
 
 
 async def serve(settings: Settings) -> None:
@@ -68,9 +91,9 @@ async def serve(settings: Settings) -> None:
         gateway = init_gateway(settings)
         services = Services.build(settings, store, keys, gateway)
         server, port = init_http(services)
-        log.info("cashout %s listening on http://%s:%d (gateway %s, database %s)",
+        log.info("cashout %s listening on http://%s:%d (gateway %s, database %s, pid %d)",
                  settings.env, settings.host, port, settings.gateway,
-                 "embedded" if embedded else "external")
+                 "embedded" if embedded else "external", os.getpid())
         services.payouts.start()
         services.webhooks.start()
         stop = asyncio.Event()
@@ -78,14 +101,8 @@ async def serve(settings: Settings) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        log.info("shutting down")
-        server.stop()
-        await services.payouts.stop(deadline=10)
-        await services.webhooks.stop(deadline=5)
-        try:
-            await asyncio.wait_for(server.close_all_connections(), timeout=10)
-        except TimeoutError:
-            log.warning("connections still open after 10s; closing anyway")
+        log.info("shutting down (waiting up to %.0fs)", settings.shutdown_timeout)
+        await shutdown(server, services, settings.shutdown_timeout)
     finally:
         if gateway is not None:
             await gateway.close()
@@ -96,8 +113,82 @@ async def serve(settings: Settings) -> None:
         log.info("stopped")
 
 
+def supervise(settings: Settings) -> int:
+    """The parent of ``--processes N``: owns the embedded database, forks the workers,
+    forwards SIGTERM/SIGINT to them and restarts one that dies unexpectedly."""
+    uri, embedded = init_database(settings)
+    worker_settings = replace(settings, mongodb_uri=uri)
+    workers: dict[int, int] = {}
+    stopping = False
+    restarts = 0
+
+    def start_worker(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            die_with_parent()
+            code = 0
+            try:
+                asyncio.run(serve(worker_settings))
+            except Exception:
+                log.exception("worker %d failed", index)
+                code = 1
+            os._exit(code)
+        workers[pid] = index
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(workers):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    try:
+        for index in range(settings.processes):
+            start_worker(index)
+        log.info("supervising %d workers on port %d", settings.processes, settings.port)
+        while workers:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            index = workers.pop(pid, None)
+            if index is None:
+                continue
+            _mark_dead(pid)
+            if not stopping:
+                restarts += 1
+                log.error("worker %d (pid %d) exited with status %d; restarting", index, pid,
+                          status)
+                if restarts > MAX_RESTARTS:
+                    log.error("too many restarts; stopping")
+                    forward(signal.SIGTERM, None)
+                    continue
+                start_worker(index)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def _mark_dead(pid: int) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
+
+
 def main(settings: Settings) -> int:
-    logs.setup(settings.log_level)
+    logs.setup(settings.log_level, settings.log_format)
+    if settings.processes > 1:
+        return supervise(settings)
     try:
         asyncio.run(serve(settings))
     except Exception as exc:  # start-up failed: say why in one line, details at debug

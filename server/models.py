@@ -218,3 +218,13 @@ class WebhookEvent:
             "attempts": [a.public() for a in self.attempts],
             "payload": json.loads(self.body),
         }
+
+
+@dataclass(frozen=True)
+class SystemFigures:
+    """What the whole system looks like right now (for metrics and operators)."""
+
+    claims_by_status: dict[str, int]
+    reconcile_backlog: int
+    events_by_status: dict[str, int]
+    outbox_lag_seconds: float

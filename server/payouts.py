@@ -182,10 +182,10 @@ class PayoutEngine:
 
     # -- reconciliation and expiry ---------------------------------------------------------
 
-    async def reconcile_once(self) -> int:
+    async def reconcile_once(self, include_unknown: bool = False) -> int:
         """Settle every processing claim whose lease ran out; returns how many it looked at."""
         now = utcnow()
-        due = await self.store.due_for_reconcile(now, RECONCILE_BATCH)
+        due = await self.store.due_for_reconcile(now, RECONCILE_BATCH, include_unknown)
         gate = asyncio.Semaphore(RECONCILE_PARALLEL)
 
         async def one(claim: Claim) -> None:

@@ -87,6 +87,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("embedded_db_port", 0, int, "port of the embedded database (0 picks a free one)"),
     Option("db_timeout_ms", 5000, int, "how long a database call may wait for the server"),
     Option("log_level", "info", str, "debug, info, warning or error"),
+    Option("log_format", "text", str, "text or json (one JSON object per line)"),
+    Option("processes", 1, int, "server processes sharing the port (reuse_port)"),
+    Option("shutdown_timeout", 20.0, float,
+           "seconds SIGTERM waits for in-flight requests and transfers"),
 )
 
 
@@ -126,6 +130,9 @@ class Settings:
     embedded_db_port: int = 0
     db_timeout_ms: int = 5000
     log_level: str = "info"
+    log_format: str = "text"
+    processes: int = 1
+    shutdown_timeout: float = 20.0
 
     @property
     def production(self) -> bool:
@@ -224,6 +231,14 @@ def validate(s: Settings) -> list[str]:
         p.append("CASHOUT_CLAIM_TTL: must not exceed CASHOUT_MAX_CLAIM_TTL")
     if s.daily_limit < s.max_claim_amount:
         p.append("CASHOUT_DAILY_LIMIT: must be at least CASHOUT_MAX_CLAIM_AMOUNT")
+    if s.log_format not in ("text", "json"):
+        p.append(f"CASHOUT_LOG_FORMAT: {s.log_format!r} must be text or json")
+    if not 1 <= s.processes <= 64:
+        p.append("CASHOUT_PROCESSES: must be from 1 to 64")
+    elif s.processes > 1 and s.port == 0:
+        p.append("CASHOUT_PORT: several processes need a fixed port to share")
+    if s.shutdown_timeout < 0:
+        p.append("CASHOUT_SHUTDOWN_TIMEOUT: must not be negative")
     if s.log_level.lower() not in ("debug", "info", "warning", "error"):
         p.append(f"CASHOUT_LOG_LEVEL: {s.log_level!r} must be debug, info, warning or error")
     if s.keys is not None:

@@ -28,6 +28,7 @@ from server.models import (
     EventStatus,
     Provider,
     SealedCard,
+    SystemFigures,
     WebhookEvent,
     WebhookSecret,
     as_utc,
@@ -45,7 +46,10 @@ INDEXES: tuple[tuple[str, list[tuple[str, int]], dict[str, Any]], ...] = (
     ("claims", [("status", ASCENDING), ("expires_at", ASCENDING)], {"name": "status_expiry"}),
     ("claims", [("status", ASCENDING), ("lease_until", ASCENDING)], {"name": "status_lease"}),
     ("claims", [("notify", ASCENDING)], {"name": "notify"}),
+    ("claims", [("status", ASCENDING), ("attempts.outcome", ASCENDING)],
+     {"name": "status_attempt_outcome"}),
     ("events", [("status", ASCENDING), ("next_attempt_at", ASCENDING)], {"name": "due"}),
+    ("events", [("status", ASCENDING), ("created_at", ASCENDING)], {"name": "oldest"}),
     ("events", [("provider", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
      {"name": "provider_newest"}),
     ("events", [("provider", ASCENDING), ("status", ASCENDING), ("created_at", DESCENDING),
@@ -432,10 +436,17 @@ class Store:
         doc = await self.db.claims.find_one({"_id": uuid})
         return _claim_from_doc(doc) if doc else None
 
-    async def due_for_reconcile(self, now: datetime, limit: int) -> list[Claim]:
-        cursor = self.db.claims.find(
-            {"status": str(ClaimStatus.PROCESSING), "lease_until": {"$lte": now}}
-        ).sort("lease_until", ASCENDING).limit(limit)
+    async def due_for_reconcile(self, now: datetime, limit: int,
+                                include_unknown: bool = False) -> list[Claim]:
+        """Processing claims whose lease ran out; with ``include_unknown`` also those whose
+        attempt already came back unknown (an operator asking to settle them now)."""
+        query: dict[str, Any] = {"status": str(ClaimStatus.PROCESSING),
+                                 "lease_until": {"$lte": now}}
+        if include_unknown:
+            query = {"status": str(ClaimStatus.PROCESSING),
+                     "$or": [{"lease_until": {"$lte": now}},
+                             {"attempts.outcome": str(AttemptOutcome.UNKNOWN)}]}
+        cursor = self.db.claims.find(query).sort("lease_until", ASCENDING).limit(limit)
         return [_claim_from_doc(d) async for d in cursor]
 
     async def take_lease(self, claim: Claim, until: datetime) -> Claim | None:
@@ -537,6 +548,41 @@ class Store:
             {"$set": {"status": str(EventStatus.PENDING), "next_attempt_at": now, "tries": 0}},
             return_document=ReturnDocument.AFTER)
         return _event_from_doc(doc) if doc else None
+
+    # -- figures for metrics and operators ---------------------------------------------------
+
+    async def figures(self, now: datetime) -> SystemFigures:
+        claims = {s.value: await self.db.claims.count_documents({"status": s.value})
+                  for s in ClaimStatus}
+        backlog = await self.db.claims.count_documents(
+            {"status": str(ClaimStatus.PROCESSING), "lease_until": {"$lte": now}})
+        events = {s.value: await self.db.events.count_documents({"status": s.value})
+                  for s in EventStatus}
+        oldest = await self.db.events.find_one({"status": str(EventStatus.PENDING)},
+                                               sort=[("created_at", ASCENDING)])
+        lag = (now - as_utc(oldest["created_at"])).total_seconds() if oldest else 0.0
+        return SystemFigures(claims, backlog, events, max(lag, 0.0))
+
+    async def providers(self) -> list[Provider]:
+        return [_provider_from_doc(d) async for d in self.db.providers.find().sort("_id")]
+
+    async def redeliver_matching(self, now: datetime, *, event_id: str | None,
+                                 provider: str | None, since: datetime | None,
+                                 until: datetime | None, status: str | None) -> int:
+        """Start a new round for every matching event (an operator's bulk redelivery)."""
+        query: dict[str, Any] = {}
+        if event_id:
+            query["_id"] = event_id
+        if provider:
+            query["provider"] = provider
+        if status:
+            query["status"] = status
+        if since or until:
+            query["created_at"] = {k: v for k, v in (("$gte", since), ("$lt", until)) if v}
+        result = await self.db.events.update_many(
+            query, {"$set": {"status": str(EventStatus.PENDING), "next_attempt_at": now,
+                             "tries": 0}})
+        return result.modified_count
 
     # -- key rotation ----------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from typing import Any
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.netutil import DefaultExecutorResolver, Resolver
 
-from server import validation
+from server import metrics, validation
 from server.background import Background
 from server.errors import ApiError, not_found
 from server.models import (
@@ -186,6 +186,8 @@ class WebhookSender:
                 if not await self.store.record_delivery(event, attempt, status, next_at):
                     log.warning("event %s: lease lost before the attempt was recorded",
                                 event_id)
+                metrics.WEBHOOKS.labels("retry" if status is EventStatus.PENDING
+                                        else str(status)).inc()
                 log.info("webhook %s attempt %d: %s %s", event_id, event.tries + 1,
                          attempt.http_status or "-", status)
         finally:
