@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from handlers.base import BaseHandler
 from server import metrics
 from server.models import utcnow
@@ -10,7 +12,7 @@ from server.validation import openapi_document
 
 class HealthHandler(BaseHandler):
     def get(self) -> None:
-        self.write_json({"status": "ok"})
+        self.write_json({"status": "ok", "pid": os.getpid()})
 
 
 class ReadyHandler(BaseHandler):

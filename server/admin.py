@@ -99,7 +99,10 @@ async def _run(settings: Settings, task: str, args: argparse.Namespace) -> int:
     try:
         return await TASKS[task](services, args)
     finally:
-        await services.webhooks.stop(0)
+        # Finish what the task started (a transfer it retried, a webhook it owes) before
+        # leaving, or its leases would hold that work back from the servers for a while.
+        await services.payouts.stop(settings.attempt_lease)
+        await services.webhooks.stop(settings.webhook_timeout + 5)
         await gateway.close()
         store.close()
         if embedded is not None:

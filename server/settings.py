@@ -163,7 +163,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for opt in OPTIONS:
         parser.add_argument(opt.flag, dest=opt.name, default=argparse.SUPPRESS,
                             metavar=opt.name.upper(),
-                            help=f"{opt.help} (${opt.env}, default {opt.default!r})")
+                            help=f"{opt.help} (${opt.env}, default {opt.default!r})"
+                            .replace("%", "%%"))
 
 
 def load(args: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
