@@ -109,8 +109,15 @@ class BaseHandler(RequestHandler):
         return {"message": reason + ".", "code": _HTTP_CODES.get(status_code, "error")}
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         exc = kwargs.get("exc_info", (None, None, None))[1]
         self.write_json(self.error_body(status_code, exc))
+
+    def allowed_methods(self) -> list[str]:
+        """The methods this handler implements (for the ``Allow`` header of a 405)."""
+        return [m for m in self.SUPPORTED_METHODS
+                if getattr(type(self), m.lower()) is not getattr(RequestHandler, m.lower())]
 
     def write_json(self, body: Any, status: int | None = None) -> None:
         if status is not None:

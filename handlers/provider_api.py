@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from handlers.base import ApiHandler
+from server.errors import invalid
 
 
 class RegisterHandler(ApiHandler):
@@ -33,6 +34,8 @@ class ClaimsHandler(ApiHandler):
         claims = self.services.claims
         ref = self.get_query_argument("id", None)
         if ref is not None:
+            if set(self.request.query_arguments) - {"id"}:
+                raise invalid("id", "cannot be combined with status, limit or after")
             self.write_json((await claims.get_by_ref(provider, ref)).public())
             return
         page = await claims.list(provider, status=self.get_query_argument("status", None),

@@ -10,6 +10,8 @@ from typing import Any
 
 from tornado.ioloop import PeriodicCallback
 
+from server.store import is_unavailable
+
 log = logging.getLogger("cashout.background")
 
 
@@ -54,8 +56,14 @@ class Background:
             await asyncio.wait(list(self._tasks), timeout=deadline)
 
     def _log_failure(self, task: asyncio.Task[Any]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s work failed", self.name, exc_info=task.exception())
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        if is_unavailable(exc):  # an outage, not a bug: the next round picks the work up
+            log.warning("%s work stopped, database unavailable: %s", self.name,
+                        type(exc).__name__)
+            return
+        log.error("%s work failed", self.name, exc_info=exc)
 
 
 class InFlight:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pymongo
 from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from server.crypto import Sealed
@@ -265,6 +265,19 @@ class Store:
     def close(self) -> None:
         self.client.close()
 
+    async def _cas(self, collection: str, query: dict[str, Any], update: dict[str, Any]
+                   ) -> Mapping[str, Any] | None:
+        """Compare-and-set one document (``query`` names its ``_id``) and read it back.
+
+        ``update_one`` decides atomically; the read-back shows this write or a later one.
+        Not ``find_one_and_update``: the embedded server answers it by scanning the whole
+        collection (about 30 ms at 6,000 claims), while ``update_one`` uses the index.
+        """
+        result = await self.db[collection].update_one(query, update)
+        if result.matched_count != 1:
+            return None
+        return await self.db[collection].find_one({"_id": query["_id"]})
+
     async def ping(self) -> bool:
         try:
             await self.db.command("ping")
@@ -306,8 +319,7 @@ class Store:
             changes["key_hash"] = key_hash
         if secrets is not None:
             changes["secrets"] = _secrets_doc(secrets)
-        doc = await self.db.providers.find_one_and_update(
-            {"_id": name}, {"$set": changes}, return_document=ReturnDocument.AFTER)
+        doc = await self._cas("providers", {"_id": name}, {"$set": changes})
         return _provider_from_doc(doc) if doc else None
 
     # -- daily totals ----------------------------------------------------------------------
@@ -376,11 +388,9 @@ class Store:
 
     async def cancel_claim(self, provider: str, uuid: str, now: datetime) -> Claim | None:
         """Compare-and-set pending -> cancelled; None when the claim was not pending."""
-        doc = await self.db.claims.find_one_and_update(
-            {"_id": uuid, "provider": provider, "status": str(ClaimStatus.PENDING)},
-            {"$set": {"status": str(ClaimStatus.CANCELLED), "completed_at": now}},
-            return_document=ReturnDocument.AFTER,
-        )
+        doc = await self._cas(
+            "claims", {"_id": uuid, "provider": provider, "status": str(ClaimStatus.PENDING)},
+            {"$set": {"status": str(ClaimStatus.CANCELLED), "completed_at": now}})
         return _claim_from_doc(doc) if doc else None
 
     # -- payouts ---------------------------------------------------------------------------
@@ -390,15 +400,13 @@ class Store:
         """Compare-and-set pending -> processing, storing the card and the attempt (with its
         gateway UUID) in the same write; None when another submission won or it is too late."""
         now = attempt.started_at
-        doc = await self.db.claims.find_one_and_update(
-            {"_id": uuid, "provider": provider, "status": str(ClaimStatus.PENDING),
+        doc = await self._cas(
+            "claims", {"_id": uuid, "provider": provider, "status": str(ClaimStatus.PENDING),
              "expires_at": {"$gt": now}, f"attempts.{max_attempts - 1}": {"$exists": False}},
             {"$set": {"status": str(ClaimStatus.PROCESSING), "card.pan": _sealed_doc(card),
                       "card.last4": attempt.card_last4, "lease_until": lease_until},
              "$min": {"claimed_at": now},
-             "$push": {"attempts": _attempt_doc(attempt)}},
-            return_document=ReturnDocument.AFTER,
-        )
+             "$push": {"attempts": _attempt_doc(attempt)}})
         return _claim_from_doc(doc) if doc else None
 
     async def settle(self, uuid: str, index: int, tran_uuid: str, s: Settlement
@@ -425,11 +433,12 @@ class Store:
         update: dict[str, Any] = {"$set": changes}
         if s.status is not ClaimStatus.PROCESSING:
             update["$unset"] = {"card.pan": ""}  # keep the customer's card no longer than needed
-        doc = await self.db.claims.find_one_and_update(
+        doc = await self._cas(
+            "claims",
             {"_id": uuid, "status": str(ClaimStatus.PROCESSING), f"{at}.tran_uuid": tran_uuid,
              f"{at}.outcome": {"$in": [str(AttemptOutcome.IN_FLIGHT),
                                         str(AttemptOutcome.UNKNOWN)]}},
-            update, return_document=ReturnDocument.AFTER)
+            update)
         return _claim_from_doc(doc) if doc else None
 
     async def claim_any(self, uuid: str) -> Claim | None:
@@ -451,10 +460,10 @@ class Store:
 
     async def take_lease(self, claim: Claim, until: datetime) -> Claim | None:
         """Compare-and-set the claim's lease, so one process at a time settles it."""
-        doc = await self.db.claims.find_one_and_update(
-            {"_id": claim.uuid, "status": str(ClaimStatus.PROCESSING),
+        doc = await self._cas(
+            "claims", {"_id": claim.uuid, "status": str(ClaimStatus.PROCESSING),
              "lease_until": claim.lease_until},
-            {"$set": {"lease_until": until}}, return_document=ReturnDocument.AFTER)
+            {"$set": {"lease_until": until}})
         return _claim_from_doc(doc) if doc else None
 
     async def overdue_pending(self, now: datetime, limit: int) -> list[str]:
@@ -464,12 +473,12 @@ class Store:
         return [d["_id"] async for d in cursor]
 
     async def expire_claim(self, uuid: str, now: datetime) -> Claim | None:
-        doc = await self.db.claims.find_one_and_update(
+        doc = await self._cas(
+            "claims",
             {"_id": uuid, "status": str(ClaimStatus.PENDING), "expires_at": {"$lte": now}},
             {"$set": {"status": str(ClaimStatus.EXPIRED), "completed_at": now,
                       "notify": True},
-             "$unset": {"card.pan": ""}},
-            return_document=ReturnDocument.AFTER)
+             "$unset": {"card.pan": ""}})
         return _claim_from_doc(doc) if doc else None
 
     async def acquire_lease(self, name: str, holder: str, now: datetime, until: datetime
@@ -510,10 +519,10 @@ class Store:
     async def take_event(self, event_id: str, now: datetime, until: datetime
                          ) -> WebhookEvent | None:
         """Lease a due event so that no other process sends this attempt."""
-        doc = await self.db.events.find_one_and_update(
-            {"_id": event_id, "status": str(EventStatus.PENDING),
+        doc = await self._cas(
+            "events", {"_id": event_id, "status": str(EventStatus.PENDING),
              "next_attempt_at": {"$lte": now}, "lease_until": {"$lte": now}},
-            {"$set": {"lease_until": until}}, return_document=ReturnDocument.AFTER)
+            {"$set": {"lease_until": until}})
         return _event_from_doc(doc) if doc else None
 
     async def record_delivery(self, event: WebhookEvent, attempt: Delivery,
@@ -543,10 +552,9 @@ class Store:
     async def redeliver(self, provider: str, event_id: str, now: datetime
                         ) -> WebhookEvent | None:
         """Start a new round of attempts (the history is kept)."""
-        doc = await self.db.events.find_one_and_update(
-            {"_id": event_id, "provider": provider},
-            {"$set": {"status": str(EventStatus.PENDING), "next_attempt_at": now, "tries": 0}},
-            return_document=ReturnDocument.AFTER)
+        doc = await self._cas(
+            "events", {"_id": event_id, "provider": provider},
+            {"$set": {"status": str(EventStatus.PENDING), "next_attempt_at": now, "tries": 0}})
         return _event_from_doc(doc) if doc else None
 
     # -- figures for metrics and operators ---------------------------------------------------

@@ -9,14 +9,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 
@@ -43,11 +43,35 @@ def _registry() -> Registry:
     return Registry().with_resources(resources)
 
 
+@lru_cache(maxsize=256)
+def _pattern(pattern: str) -> re.Pattern[str]:
+    """JSON Schema patterns are ECMA-262 regular expressions, where ``$`` ends the string;
+    in Python's ``re`` it also matches before a final newline, so make it ``\\Z``."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
+
+
+def _ecma_pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
+    if validator.is_type(instance, "string") and not _pattern(pattern).search(instance):
+        yield ValidationError("does not match the pattern")
+
+
+def _strict_integer(checker: Any, instance: Any) -> bool:
+    """``100.0`` is an integer to JSON Schema; an amount must be written as ``100``."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+StrictValidator = validators.extend(
+    Draft202012Validator, validators={"pattern": _ecma_pattern},
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _strict_integer))
+
+
 @cache
-def validator(name: str) -> Draft202012Validator:
+def validator(name: str) -> Any:
     schema = json.loads((SCHEMA_DIR / f"{name}.json").read_text())
     Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema, registry=_registry())
+    return StrictValidator(schema, registry=_registry())
 
 
 def _safe_name(text: str) -> str:
@@ -120,7 +144,30 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_request", "The request body must be a JSON object.",
                        [{"field": "(body)", "problem": "must be a JSON object"}])
+    _check_text(body, "")
     return body
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0 and C1 control characters
+
+
+def _check_text(value: Any, path: str) -> None:
+    """No text the database cannot store (lone surrogates) or that could break a line,
+    a URL or a log (control characters), anywhere in a body, keys included."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, path or "(body)")
+            _check_text(item, f"{path}/{_safe_name(key)}".lstrip("/"))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_text(item, f"{path}/{i}".lstrip("/"))
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise invalid(path or "(body)", "is not valid Unicode text") from None
+        if _CONTROL.search(value):
+            raise invalid(path or "(body)", "must not contain control characters")
 
 
 def normalise_pan(text: str) -> str | None:
@@ -156,9 +203,11 @@ def check_endpoint(url: str, production: bool) -> str:
     try:
         parts = urlsplit(url)
         host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError for a bad port
+        port = parts.port  # raises ValueError for a port out of range
     except ValueError:
         raise bad("is not a valid URL") from None
+    if port == 0:
+        raise bad("is not a valid URL")
     if parts.scheme not in ("http", "https") or not host:
         raise bad("must be an absolute http or https URL")
     if parts.username or parts.password:
@@ -189,7 +238,7 @@ def page_request(status: str | None, statuses: Iterable[str], limit: str | None,
         raise invalid("status", "must be one of " + ", ".join(allowed))
     size = DEFAULT_PAGE
     if limit is not None:
-        if not limit.isdigit() or not 1 <= int(limit) <= MAX_PAGE:
+        if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= MAX_PAGE:
             raise invalid("limit", f"must be a whole number from 1 to {MAX_PAGE}")
         size = int(limit)
     cursor = decode_cursor(after) if after is not None else None

@@ -4,6 +4,7 @@ every server log and on pytest's own failure output."""
 from __future__ import annotations
 
 import itertools
+import os
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
@@ -55,9 +56,14 @@ def assert_no_leaks(paths: list[Path]) -> None:
 def log_dir(artifacts: Path) -> Iterator[Path]:
     """Every process's output of the whole run; at the end no file may hold any card
     number, IPIN, expiry, API key or secret the run created."""
-    path = artifacts / "logs"
+    root = artifacts / "logs"
+    for old in root.glob("run-*"):  # earlier runs' logs; not those of a run still going
+        pid = old.name.removeprefix("run-")
+        if not pid.isdigit() or not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(old, ignore_errors=True)
+    path = root / f"run-{os.getpid()}"
     shutil.rmtree(path, ignore_errors=True)
-    path.mkdir()
+    path.mkdir(parents=True)
     yield path
     assert_no_leaks(sorted(path.iterdir()))
 
