@@ -38,6 +38,9 @@ MAX_ATTEMPTS = 3
 RECONCILE_BATCH = 100
 RECONCILE_PARALLEL = 8
 NOT_FOUND_MESSAGE = "The transfer did not go through; no money moved."
+# Settings make the attempt lease exceed a gateway call by at least a second; renewing the
+# lease before a call may use no more than that margin.
+SEND_MARGIN = timedelta(seconds=1)
 
 TerminalHook = Callable[[Claim], Awaitable[None]]
 
@@ -119,6 +122,16 @@ class PayoutEngine:
             await self._apply(claim, index, TransferResult(
                 Outcome.DECLINED, attempt.tran_uuid, None,
                 "The payout card could not be used."), definitive=True)
+            return
+        # Sending needs a live lease: the one set when the attempt began may have run out
+        # (a slow database since) and reconciliation, finding nothing at the switch, started
+        # another attempt. Take it afresh; if that fails, or itself took so long that the
+        # rest of the lease may not cover the call, send nothing: reconciliation will.
+        asked = utcnow()
+        renewed = await self.store.renew_lease(claim, asked + self._lease())
+        if not renewed or utcnow() - asked >= SEND_MARGIN:
+            log.warning("claim %s… attempt %d: lease not renewed in time; left to "
+                        "reconciliation", claim.uuid[:8], index + 1)
             return
         result = await self.gateway.transfer(request)
         log.info("claim %s… attempt %d: %s %s", claim.uuid[:8], index + 1, result.outcome,

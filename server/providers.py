@@ -71,6 +71,10 @@ class ProviderService:
     async def _verify(self, body: Mapping[str, Any]) -> None:
         """Refuse a card the switch says is bad rather than store it."""
         result = await self.gateway.verify_card(Card(body["pan"], body["expDate"], body["ipin"]))
+        if result is not None and not result.ok and result.code is None:
+            # No answer from the switch says nothing about the card: try again later.
+            raise ApiError(503, "unavailable",
+                           "The payment switch could not check the card; try again shortly.")
         if result is not None and not result.ok:
             reason = result.message or "the card was not accepted"
             raise ApiError(400, "card_rejected", f"The card was rejected: {reason}",

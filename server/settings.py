@@ -74,7 +74,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_claim_ttl", 30 * 24 * 3600, int, "largest expires_in a provider may ask for"),
     Option("max_body_bytes", 64 * 1024, int, "largest request body accepted"),
     Option("reconcile_interval", 30.0, float, "seconds between reconciliation and expiry runs"),
-    Option("attempt_lease", 120.0, float,
+    Option("attempt_lease", 300.0, float,
            "seconds a transfer attempt may run before reconciliation asks the gateway"),
     Option("settle_grace", 60.0, float,
            "seconds after an attempt started before 'no such transaction' is believed"),
@@ -120,7 +120,7 @@ class Settings:
     max_claim_ttl: int = 30 * 24 * 3600
     max_body_bytes: int = 64 * 1024
     reconcile_interval: float = 30.0
-    attempt_lease: float = 120.0
+    attempt_lease: float = 300.0
     settle_grace: float = 60.0
     webhook_timeout: float = 10.0
     webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000,86400,86400"
@@ -275,7 +275,9 @@ def validate(s: Settings) -> list[str]:
         p.append("CASHOUT_WEBHOOK_PER_PROVIDER: must be from 1 to CASHOUT_WEBHOOK_CONCURRENCY")
     if s.reconcile_interval <= 0 or s.settle_grace < 0:
         p.append("CASHOUT_RECONCILE_INTERVAL / CASHOUT_SETTLE_GRACE: must be positive")
-    call_time = (s.ebs_connect_timeout + s.ebs_request_timeout if s.gateway == "ebs"
+    # An EBS transfer may take four requests: fetch the key, send, and after a PIN-block
+    # error fetch the key again and resend.
+    call_time = (4 * (s.ebs_connect_timeout + s.ebs_request_timeout) if s.gateway == "ebs"
                  else s.mock_latency_ms / 1000)
     if s.attempt_lease <= call_time + 1:
         p.append(f"CASHOUT_ATTEMPT_LEASE: must be longer than a gateway call can take "

@@ -466,6 +466,15 @@ class Store:
             {"$set": {"lease_until": until}})
         return _claim_from_doc(doc) if doc else None
 
+    async def renew_lease(self, claim: Claim, until: datetime) -> bool:
+        """``take_lease`` in one round trip, for a live call about to send its attempt:
+        whether no one took the lease since ``claim`` was read."""
+        result = await self.db.claims.update_one(
+            {"_id": claim.uuid, "status": str(ClaimStatus.PROCESSING),
+             "lease_until": claim.lease_until},
+            {"$set": {"lease_until": until}})
+        return result.matched_count == 1
+
     async def overdue_pending(self, now: datetime, limit: int) -> list[str]:
         cursor = self.db.claims.find(
             {"status": str(ClaimStatus.PENDING), "expires_at": {"$lte": now}}, {"_id": 1}

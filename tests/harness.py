@@ -43,7 +43,7 @@ def leaks_in(text: str) -> list[str]:
     """Which remembered secrets appear in ``text`` (described, never quoted whole)."""
     found = [f"secret ending {s[-4:]}" for s in SECRETS if s in text]
     for short in SHORT_SECRETS:
-        if re.search(rf"(?<![\d.:*-]){re.escape(short)}(?![\d.:-])", text):
+        if re.search(rf"(?<![\w.:*-]){re.escape(short)}(?![\w.:-])", text):
             found.append(f"short secret {short[:1]}***")
     return found
 

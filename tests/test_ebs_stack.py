@@ -36,7 +36,7 @@ def ebs_server(server_factory: Any, sim: Simulator) -> ServerProcess:
     return server_factory({
         **FAST_RECONCILE, "CASHOUT_GATEWAY": "ebs", "CASHOUT_EBS_URL": sim.url,
         "CASHOUT_EBS_APPLICATION_ID": "ACTSCon", "CASHOUT_EBS_CONNECT_TIMEOUT": "1",
-        "CASHOUT_EBS_REQUEST_TIMEOUT": "1", "CASHOUT_ATTEMPT_LEASE": "4"})
+        "CASHOUT_EBS_REQUEST_TIMEOUT": "1", "CASHOUT_ATTEMPT_LEASE": "10"})
 
 
 @pytest.fixture(scope="module")
