@@ -10,7 +10,7 @@ import re
 import signal
 import subprocess
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -270,5 +270,16 @@ def test_admin_expire_and_redeliver(server_factory: Any, receiver: Receiver,
     calls = wait_until(lambda: (c := receiver.calls_to(path)) and len(c) == 2 and c, 10,
                        what="the redelivery")
     assert calls[1].webhook_id == first.webhook_id and calls[1].verified_by == (0,)
+    wait_until(lambda: provider.client.get(
+        f"/cashout/webhooks/{provider.name}", params={"status": "delivered"},
+        headers=provider.headers).json()["events"], 10, what="the redelivery to be recorded")
+    now = datetime.now(UTC)
+    window = admin(server, "redeliver", "--status", "delivered",
+                   "--since", (now - timedelta(minutes=5)).isoformat(),
+                   "--until", (now + timedelta(minutes=5)).isoformat())
+    assert window.returncode == 0 and "1 events queued" in window.stdout
+    wait_until(lambda: len(receiver.calls_to(path)) == 3, 10, what="the time-range redelivery")
+    past = admin(server, "redeliver", "--until", (now - timedelta(days=1)).isoformat())
+    assert past.returncode == 0 and "0 events queued" in past.stdout
     none = admin(server, "redeliver", "--event", "evt_missing")
     assert none.returncode == 1 and "0 events" in none.stdout
