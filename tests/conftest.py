@@ -17,6 +17,7 @@ import pytest
 from server.logs import mask
 from tests.cards import luhn_card
 from tests.harness import ROOT, Database, ServerProcess, leaks_in
+from tests.receiver import Receiver
 
 ARTIFACTS = ROOT / "test-artifacts"
 _names = itertools.count(1)
@@ -106,6 +107,14 @@ def server_factory(database: Database, log_dir: Path,
     for proc in started:
         proc.stop()
     assert_no_leaks([p.log_path for p in started])
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    """A real webhook receiver (each test gives its providers their own path)."""
+    r = Receiver()
+    yield r
+    r.stop()
 
 
 @pytest.fixture(scope="module")

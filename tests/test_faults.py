@@ -62,13 +62,6 @@ def delivered(receiver: Receiver, path: str) -> Counter[str]:
     return Counter(c.webhook_id for c in receiver.calls_to(path) if c.answered == 200)
 
 
-@pytest.fixture()
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.stop()
-
-
 # -- 1. the database stops mid-run ---------------------------------------------------------
 
 

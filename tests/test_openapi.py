@@ -171,13 +171,6 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.stop()
-
-
-@pytest.fixture(scope="module")
 def world(server: ServerProcess, receiver: Receiver, mongo: Any) -> World:
     main = Provider.register(server, endpoint=receiver.url("/main"))
     receiver.behave("/main", secrets=[main.webhook_secret])

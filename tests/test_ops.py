@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,13 +34,6 @@ from tests.test_webhooks import FAST_WEBHOOKS
 
 SLOW_ROUNDS = {"CASHOUT_RECONCILE_INTERVAL": "3600", "CASHOUT_SETTLE_GRACE": "0",
                "CASHOUT_ATTEMPT_LEASE": "3", "CASHOUT_WEBHOOK_SWEEP_INTERVAL": "0.2"}
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.stop()
 
 
 def admin(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:

@@ -4,7 +4,6 @@ and again, after DNS resolution, on every delivery."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 from tornado.httpclient import HTTPRequest
@@ -14,13 +13,6 @@ from server.settings import Settings
 from server.validation import check_endpoint
 from server.webhooks import WebhookSender, is_public_address
 from tests.receiver import Receiver
-
-
-@pytest.fixture()
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.stop()
 
 
 @pytest.mark.parametrize("url", [

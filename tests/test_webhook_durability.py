@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.cards import luhn_card
 from tests.conftest import random_pan, unique_name
@@ -20,13 +18,6 @@ from tests.receiver import Receiver
 from tests.test_webhooks import FAST_WEBHOOKS
 
 TERMINAL = ("succeeded", "failed", "expired")
-
-
-@pytest.fixture()
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.stop()
 
 
 def delivered_ids(receiver: Receiver, path: str) -> Counter[str]:

@@ -4,7 +4,6 @@ package; retries, Retry-After, 410, exhaustion, redelivery, test events, secret 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,13 +20,6 @@ FAST_WEBHOOKS = {**FAST_RECONCILE, "CASHOUT_WEBHOOK_RETRY_SCHEDULE": "0.2,0.2,0.
                  "CASHOUT_WEBHOOK_SWEEP_INTERVAL": "0.1", "CASHOUT_WEBHOOK_TIMEOUT": "2"}
 PAYLOAD = Draft202012Validator(json.loads((SCHEMA_DIR / "webhook.json").read_text()))
 _paths = iter(range(1, 10**6))
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.stop()
 
 
 @pytest.fixture(scope="module")
