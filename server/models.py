@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import json
 from dataclasses import dataclass, field
@@ -228,3 +230,25 @@ class SystemFigures:
     reconcile_backlog: int
     events_by_status: dict[str, int]
     outbox_lag_seconds: float
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    status: str | None
+    limit: int
+    after: tuple[datetime, str] | None  # (created_at, _id) of the last item already seen
+
+
+def encode_cursor(created_at: datetime, key: str) -> str:
+    raw = f"{int(created_at.timestamp() * 1000)}:{key}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str] | None:
+    """None for anything that is not a cursor ``encode_cursor`` made."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        millis, _, uuid = raw.partition(":")
+        return datetime.fromtimestamp(int(millis) / 1000, UTC), uuid
+    except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError, OSError):
+        return None

@@ -6,11 +6,9 @@ Keeping every query here means each one has an index next to it (``INDEXES``) an
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import pymongo
@@ -26,12 +24,14 @@ from server.models import (
     ClaimStatus,
     Delivery,
     EventStatus,
+    PageRequest,
     Provider,
     SealedCard,
     SystemFigures,
     WebhookEvent,
     WebhookSecret,
     as_utc,
+    encode_cursor,
 )
 
 # (collection, keys, options): one entry for every query this module makes.
@@ -90,13 +90,6 @@ def _attempt_doc(a: Attempt) -> dict[str, Any]:
     return {"tran_uuid": a.tran_uuid, "started_at": a.started_at, "card_last4": a.card_last4,
             "outcome": str(a.outcome), "code": a.code, "message": a.message,
             "finished_at": a.finished_at}
-
-
-@dataclass(frozen=True)
-class PageRequest:
-    status: str | None
-    limit: int
-    after: tuple[datetime, str] | None  # (created_at, _id) of the last item already seen
 
 
 @dataclass(frozen=True)
@@ -231,21 +224,6 @@ def _event_from_doc(doc: Mapping[str, Any]) -> WebhookEvent:
         delivered_at=_opt_dt(doc.get("delivered_at")),
         lease_until=_opt_dt(doc.get("lease_until")),
     )
-
-
-def encode_cursor(created_at: datetime, key: str) -> str:
-    raw = f"{int(created_at.timestamp() * 1000)}:{key}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str] | None:
-    """None for anything that is not a cursor this module made."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        millis, _, uuid = raw.partition(":")
-        return datetime.fromtimestamp(int(millis) / 1000, UTC), uuid
-    except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError, OSError):
-        return None
 
 
 class Store:

@@ -22,7 +22,7 @@ from referencing import Registry, Resource
 
 from gateways.base import luhn_ok
 from server.errors import ApiError, invalid
-from server.store import PageRequest, decode_cursor
+from server.models import PageRequest, decode_cursor
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{2,63}$")
