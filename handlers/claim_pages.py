@@ -76,12 +76,8 @@ class PageHandler(BaseHandler):
 
 
 class ClaimPageHandler(PageHandler):
-    async def _load(self, name: str, uuid: str) -> Claim | None:
-        claim = await self.services.store.claim(name, uuid)
-        return await self.services.payouts.expire_if_due(claim) if claim else None
-
     async def get(self, name: str, uuid: str) -> None:
-        claim = await self._load(name, uuid)
+        claim = await self.services.payouts.customer_claim(name, uuid)
         if claim is None:
             self.page("not_found.html", status=404)
             return
@@ -105,7 +101,7 @@ class ClaimPageHandler(PageHandler):
             await self.services.payouts.submit(name, uuid, pan)
         except ApiError as exc:
             if exc.code == "invalid_card":
-                claim = await self._load(name, uuid)
+                claim = await self.services.payouts.customer_claim(name, uuid)
                 if claim is None:
                     self.page("not_found.html", status=404)
                     return

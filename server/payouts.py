@@ -19,6 +19,7 @@ import os
 import socket
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -27,6 +28,7 @@ from server import validation
 from server.background import Background
 from server.crypto import DecryptionError, KeyRing, aad
 from server.errors import ApiError, not_found
+from server.logs import mask
 from server.models import Attempt, AttemptOutcome, Claim, ClaimStatus, utcnow
 from server.providers import ProviderService
 from server.settings import Settings
@@ -96,6 +98,11 @@ class PayoutEngine:
         return ApiError(409, "already_claimed",
                         f"This claim has already been submitted; it is {claim.status}.")
 
+    async def customer_claim(self, provider: str, uuid: str) -> Claim | None:
+        """The claim behind a claim link, expired first if its time has passed."""
+        claim = await self.store.claim(provider, uuid)
+        return await self.expire_if_due(claim) if claim else None
+
     async def expire_if_due(self, claim: Claim) -> Claim:
         """Expire a pending claim past its time (lazily, when someone looks at it)."""
         if claim.status is ClaimStatus.PENDING and claim.expires_at <= utcnow():
@@ -149,6 +156,8 @@ class PayoutEngine:
     def _settlement(self, claim: Claim, index: int, result: TransferResult,
                     definitive: bool) -> Settlement:
         """The outcome table of DESIGN.md section 6."""
+        # The switch's own words are stored and shown to the provider: mask any card number.
+        result = replace(result, message=mask(result.message))
         now = utcnow()
         used = index + 1
         attempt = claim.attempts[index]

@@ -12,6 +12,7 @@ from gateways.base import Card, Gateway
 from server import validation
 from server.crypto import KeyRing, aad, hash_api_key, new_api_key, new_webhook_secret, same_hash
 from server.errors import ApiError, not_found
+from server.logs import mask
 from server.models import Provider, SealedCard, WebhookSecret, utcnow
 from server.settings import Settings
 from server.store import Duplicate, Store
@@ -76,7 +77,7 @@ class ProviderService:
             raise ApiError(503, "unavailable",
                            "The payment switch could not check the card; try again shortly.")
         if result is not None and not result.ok:
-            reason = result.message or "the card was not accepted"
+            reason = mask(result.message) or "the card was not accepted"
             raise ApiError(400, "card_rejected", f"The card was rejected: {reason}",
                            [{"field": "pan", "problem": "was rejected by the payment switch"}])
 

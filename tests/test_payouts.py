@@ -4,6 +4,7 @@ many submissions for one claim. The mock switch's ledger is read directly to che
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,8 +14,8 @@ import pytest
 
 from gateways.switch import Switch
 from tests.cards import luhn_card
-from tests.conftest import random_pan
-from tests.harness import FAST_RECONCILE, Provider, ServerProcess, remember
+from tests.conftest import random_pan, unique_name
+from tests.harness import FAST_RECONCILE, Provider, ServerProcess, provider_body, remember
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +178,24 @@ def test_a_hundred_concurrent_submissions_pay_once(provider: Provider) -> None:
     assert provider.ledger.balance(provider.pan) == before - 500
     for response in responses:
         assert not any(card in response.text for card in cards)
+
+
+def test_a_gateway_chosen_by_dotted_path_and_its_words_are_masked(server_factory: Any) -> None:
+    """``CASHOUT_GATEWAY=package.module:Class`` loads a third-party gateway; whatever text it
+    returns is stored and shown only with card numbers masked."""
+    server = server_factory({**FAST_RECONCILE,
+                             "CASHOUT_GATEWAY": "tests.echo_gateway:EchoingGateway"})
+    provider = Provider.register(server)
+    uuid = provider.generate(20)
+    card = random_pan()
+    provider.claim(uuid, card)
+    claim = provider.wait(uuid, "succeeded")
+    shown = json.dumps(claim)
+    assert card not in shown and provider.pan not in shown
+    assert f"to ****{card[-4:]}".replace("****", "*" * 12) in claim["response_message"]
+    refused_pan = random_pan()
+    remember(refused_pan, "0000")
+    refused = provider.client.post("/cashout/register", json=provider_body(
+        unique_name(), refused_pan, ipin="0000"))
+    assert refused.status_code == 400 and refused.json()["code"] == "card_rejected"
+    assert refused_pan not in refused.text and refused_pan[-4:] in refused.text
