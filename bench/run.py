@@ -404,6 +404,20 @@ async def receiver_call(rport: int, method: str, path: str) -> Any:
         conn.close()
 
 
+def mean_batch(port: int, batch: str) -> float | None:
+    """Mean requests per database round trip, from the server's own histogram."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    figures = {}
+    for line in text.splitlines():
+        for part in ("sum", "count"):
+            if line.startswith(f'cashout_db_batch_size_{part}{{batch="{batch}"}}'):
+                figures[part] = float(line.rsplit(" ", 1)[1])
+    if not figures.get("count"):
+        return None
+    return figures["sum"] / figures["count"]
+
+
 def percentile(values: list[float], pct: float) -> float:
     if not values:
         return float("nan")
@@ -663,8 +677,19 @@ class Bench:
                          plan.warmup, plan.phase, plan.connections, c_pid, self.db_pid,
                          headers)
         gen["vm_kib"] = memory_kib(c_pid)
-        self.results["throughput"] = {"baseline": base, "generate": gen}
+        gen["batch_mean"] = mean_batch(c_port, "generate")
         self.procs.stop("cashout-throughput")
+        # The same service with group commit off: what batching buys, measured in this run.
+        u_port, u_pid = self.start_cashout("cashout-unbatched", {"CASHOUT_DB_BATCH": "1"})
+        u_name, u_key = self.register(u_port, f"http://127.0.0.1:{rport}/hook")
+        unbatched = load_phase(
+            "cashout POST /cashout/generate/{name}, CASHOUT_DB_BATCH=1 (no group commit)",
+            f"http://127.0.0.1:{u_port}/cashout/generate/{u_name}", "wrk_post.lua",
+            plan.warmup, plan.phase, plan.connections, u_pid, self.db_pid,
+            {"Authorization": f"Bearer {u_key}", "Content-Type": "application/json"})
+        self.procs.stop("cashout-unbatched")
+        self.results["throughput"] = {"baseline": base, "generate": gen,
+                                      "generate_unbatched": unbatched}
         # The baseline stays up: its VmHWM is the memory reference, read at the end.
         self.baseline_pid = b_pid
 
@@ -808,6 +833,18 @@ def build_rows(r: dict[str, Any]) -> list[Row]:
                     "", "", "info"))
     rows.append(Row("  errors (non-2xx, socket)", str(gen["errors"]), str(base["errors"]),
                     "", "0", "PASS" if gen["errors"] == 0 and base["errors"] == 0 else "FAIL"))
+    if gen.get("batch_mean"):
+        rows.append(Row("  generates per database batch (mean)", f"{gen['batch_mean']:.1f}",
+                        "1", "", "", "info"))
+    unb = tp.get("generate_unbatched")
+    if unb:
+        rows.append(Row("  no group commit: throughput, req/s", f"{unb['rps']:.0f}",
+                        f"{base['rps']:.0f}", f"{unb['rps'] / base['rps']:.2f}", "", "info"))
+        rows.append(Row("  no group commit: server CPU, ms/request",
+                        f"{unb['server_cpu_ms_per_req']:.2f}",
+                        f"{base['server_cpu_ms_per_req']:.2f}",
+                        f"{unb['server_cpu_ms_per_req'] / base['server_cpu_ms_per_req']:.2f}",
+                        "", "info"))
     fr = r["throughput_fresh_db"]
     fgen, fbase = fr["generate"], fr["baseline"]
     ratio = fgen["rps"] / fbase["rps"]

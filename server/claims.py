@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from server import validation
+from server import metrics, validation
+from server.batching import Batcher
 from server.errors import ApiError, invalid, not_found
 from server.models import Claim, ClaimStatus, Provider, rfc3339, utcnow
 from server.settings import Settings
@@ -24,6 +25,8 @@ class ClaimService:
     def __init__(self, settings: Settings, store: Store):
         self.settings = settings
         self.store = store
+        self._batches: Batcher[Claim, Generated] = Batcher(
+            "generate", self._write, max_batch=settings.db_batch, observe=metrics.observe_batch)
 
     def claim_url(self, claim: Claim) -> str:
         return f"{self.settings.public_base()}/cashout/claim/{claim.provider}/{claim.uuid}"
@@ -53,15 +56,13 @@ class ClaimService:
         ttl = body.get("expires_in", self.settings.claim_ttl)
         if ttl > self.settings.max_claim_ttl:
             raise invalid("expires_in", f"must be at most {self.settings.max_claim_ttl}")
-        # No look-up first: the unique (provider, id) index decides, and a replay is found
-        # on the way out. Two round trips for a new claim instead of three.
         if amount > self.settings.max_claim_amount:
             raise ApiError(400, "amount_over_limit",
                            f"The amount is over the per-claim maximum of "
                            f"{self.settings.max_claim_amount}.",
                            [{"field": "amount", "problem": "is over the per-claim maximum"}])
         now = utcnow()
-        claim = Claim(
+        return await self._batches.submit(Claim(
             uuid=str(uuidlib.uuid4()),
             provider=provider.name,
             ref=ref,
@@ -70,26 +71,89 @@ class ClaimService:
             created_at=now,
             expires_at=now + timedelta(seconds=ttl),
             day=now.strftime("%Y-%m-%d"),
-        )
-        if not await self.store.reserve_daily(provider.name, claim.day, amount,
-                                              self.settings.daily_limit):
-            # A concurrent identical request may have won while we checked the limit.
-            existing = await self.store.claim_by_ref(provider.name, ref)
-            if existing is not None:
-                return self._replay(existing, amount)
-            raise ApiError(400, "amount_over_limit",
-                           f"The amount would take today's total over the daily limit of "
-                           f"{self.settings.daily_limit}.",
-                           [{"field": "amount", "problem": "is over today's remaining limit"}])
-        try:
-            await self.store.insert_claim(claim)
-        except Duplicate:
-            await self.store.release_daily(provider.name, claim.day, amount)
-            existing = await self.store.claim_by_ref(provider.name, ref)
-            if existing is None:  # pragma: no cover - unique index said it exists
-                raise
-            return self._replay(existing, amount)
-        return Generated(claim, created=True)
+        ))
+
+    async def _write(self, claims: list[Claim]) -> list[Generated | BaseException]:
+        """Create a batch of claims: one daily reservation per provider and day, then one
+        unordered insert. No look-up first: the unique (provider, id) index decides, and a
+        replay is found on the way out.
+
+        The same (provider, id) twice in a batch is written once; the later copies replay
+        it, as they would have one round trip later.
+        """
+        leaders: dict[tuple[str, str], int] = {}
+        for i, claim in enumerate(claims):
+            leaders.setdefault((claim.provider, claim.ref), i)
+        lead = list(leaders.values())
+        outcome: dict[int, Generated | BaseException] = {}
+
+        granted: list[int] = []
+        refused: set[int] = set()
+        for day_group in _by_day(claims, lead).values():
+            ok = await self._reserve(claims, day_group)
+            granted += [i for i in day_group if i in ok]
+            refused.update(i for i in day_group if i not in ok)
+
+        written = await self.store.insert_claims([claims[i] for i in granted])
+        duplicates = []
+        for i, error in zip(granted, written, strict=True):
+            if error is None:
+                outcome[i] = Generated(claims[i], created=True)
+            elif isinstance(error, Duplicate):
+                duplicates.append(i)
+            else:
+                outcome[i] = error
+        for (provider, day), day_group in _by_day(claims, duplicates).items():
+            await self.store.release_daily(provider, day, sum(claims[i].amount for i in day_group))
+        for i in [*refused, *duplicates]:
+            outcome[i] = await self._existing(claims[i], over_limit=i in refused)
+
+        again = []
+        for i, claim in enumerate(claims):
+            if i in outcome:
+                continue
+            first = outcome[leaders[(claim.provider, claim.ref)]]
+            if isinstance(first, Generated):
+                try:
+                    outcome[i] = self._replay(first.claim, claim.amount)
+                except ApiError as exc:
+                    outcome[i] = exc
+            else:  # the first copy was refused: this one must be tried on its own merits
+                again.append(i)
+        if again:
+            for i, result in zip(again, await self._write([claims[i] for i in again]),
+                                 strict=True):
+                outcome[i] = result
+        return [outcome[i] for i in range(len(claims))]
+
+    async def _reserve(self, claims: list[Claim], group: list[int]) -> set[int]:
+        """Which of one provider's claims for one day fit under the daily limit. The whole
+        group in one update when it fits; near the limit, one by one in arrival order."""
+        first = claims[group[0]]
+        limit = self.settings.daily_limit
+        if await self.store.reserve_daily(first.provider, first.day,
+                                          sum(claims[i].amount for i in group), limit):
+            return set(group)
+        if len(group) == 1:
+            return set()
+        return {i for i in group
+                if await self.store.reserve_daily(first.provider, first.day,
+                                                  claims[i].amount, limit)}
+
+    async def _existing(self, claim: Claim, *, over_limit: bool) -> Generated | Exception:
+        """After a refusal: a concurrent identical request may have won meanwhile."""
+        existing = await self.store.claim_by_ref(claim.provider, claim.ref)
+        if existing is not None:
+            try:
+                return self._replay(existing, claim.amount)
+            except ApiError as exc:
+                return exc
+        if not over_limit:  # pragma: no cover - the unique index said it exists
+            return Duplicate(claim.ref)
+        return ApiError(400, "amount_over_limit",
+                        f"The amount would take today's total over the daily limit of "
+                        f"{self.settings.daily_limit}.",
+                        [{"field": "amount", "problem": "is over today's remaining limit"}])
 
     async def get(self, provider: Provider, uuid: str) -> Claim:
         claim = await self.store.claim(provider.name, uuid)
@@ -117,3 +181,10 @@ class ClaimService:
         current = await self.get(provider, uuid)
         raise ApiError(409, "not_cancellable",
                        f"Only a pending claim can be cancelled; this one is {current.status}.")
+
+
+def _by_day(claims: list[Claim], indexes: list[int]) -> dict[tuple[str, str], list[int]]:
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i in indexes:
+        groups.setdefault((claims[i].provider, claims[i].day), []).append(i)
+    return groups

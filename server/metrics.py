@@ -33,6 +33,13 @@ PAYMENT_LATENCY = Histogram("cashout_payment_duration_seconds", "Time a gateway 
 WEBHOOKS = Counter("cashout_webhook_attempts_total",
                    "Webhook delivery attempts by result (delivered, retry, failed)",
                    ["result"])
+BATCH_SIZE = Histogram("cashout_db_batch_size",
+                       "Requests sharing one database round trip (group commit)", ["batch"],
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+
+
+def observe_batch(name: str, size: int) -> None:
+    BATCH_SIZE.labels(name).observe(size)
 
 
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:

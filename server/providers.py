@@ -9,7 +9,8 @@ from datetime import timedelta
 from typing import Any
 
 from gateways.base import Card, Gateway
-from server import validation
+from server import metrics, validation
+from server.batching import Batcher
 from server.crypto import KeyRing, aad, hash_api_key, new_api_key, new_webhook_secret, same_hash
 from server.errors import ApiError, not_found
 from server.logs import mask
@@ -34,6 +35,9 @@ class ProviderService:
         self.store = store
         self.keys = keys
         self.gateway = gateway
+        self._lookups: Batcher[str, Provider | None] = Batcher(
+            "authenticate", self._find_keys, max_batch=settings.db_batch,
+            observe=metrics.observe_batch)
 
     # -- sealing ---------------------------------------------------------------------------
 
@@ -118,12 +122,16 @@ class ProviderService:
             raise ApiError(401, "unauthorized", "Send your API key as 'Authorization: Bearer "
                                                 "<api_key>'.")
         key_hash = hash_api_key(token)
-        provider = await self.store.provider_by_key_hash(key_hash)
+        provider = await self._lookups.submit(key_hash)
         if provider is None or not same_hash(provider.key_hash, key_hash):
             raise ApiError(401, "unauthorized", "The API key is not valid.")
         if provider.name != name:
             raise not_found("No such provider.")
         return provider
+
+    async def _find_keys(self, key_hashes: list[str]) -> list[Provider | None]:
+        found = await self.store.providers_by_key_hash(key_hashes)
+        return [found.get(h) for h in key_hashes]
 
     async def update_profile(self, provider: Provider, body: Any) -> Provider:
         body = validation.check("profile", body)

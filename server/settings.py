@@ -86,6 +86,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("webhook_per_provider", 4, int, "webhook deliveries in flight for one provider"),
     Option("embedded_db_port", 0, int, "port of the embedded database (0 picks a free one)"),
     Option("db_timeout_ms", 5000, int, "how long a database call may wait for the server"),
+    Option("db_batch", 256, int,
+           "most requests that share one database round trip (group commit); 1 = none"),
     Option("log_level", "info", str, "debug, info, warning or error"),
     Option("log_format", "text", str, "text or json (one JSON object per line)"),
     Option("processes", 1, int, "server processes sharing the port (reuse_port)"),
@@ -129,6 +131,7 @@ class Settings:
     webhook_per_provider: int = 4
     embedded_db_port: int = 0
     db_timeout_ms: int = 5000
+    db_batch: int = 256
     log_level: str = "info"
     log_format: str = "text"
     processes: int = 1
@@ -226,6 +229,8 @@ def validate(s: Settings) -> list[str]:
                  "max_body_bytes", "db_timeout_ms"):
         if getattr(s, name) < 1:
             p.append(f"CASHOUT_{name.upper()}: must be at least 1")
+    if not 1 <= s.db_batch <= 1000:
+        p.append("CASHOUT_DB_BATCH: must be from 1 to 1000")
     if s.mock_latency_ms < 0:
         p.append("CASHOUT_MOCK_LATENCY_MS: must not be negative")
     if s.claim_ttl > s.max_claim_ttl:

@@ -6,7 +6,7 @@ Keeping every query here means each one has an index next to it (``INDEXES``) an
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,7 +14,7 @@ from typing import Any
 import pymongo
 from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
 from pymongo import ASCENDING, DESCENDING
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
 
 from server.crypto import Sealed
 from server.models import (
@@ -55,6 +55,9 @@ INDEXES: tuple[tuple[str, list[tuple[str, int]], dict[str, Any]], ...] = (
     ("events", [("provider", ASCENDING), ("status", ASCENDING), ("created_at", DESCENDING),
                 ("_id", DESCENDING)], {"name": "provider_status_newest"}),
 )
+
+
+DUPLICATE_KEY = 11000
 
 
 class Duplicate(Exception):
@@ -279,9 +282,12 @@ class Store:
         doc = await self.db.providers.find_one({"_id": name})
         return _provider_from_doc(doc) if doc else None
 
-    async def provider_by_key_hash(self, key_hash: str) -> Provider | None:
-        doc = await self.db.providers.find_one({"key_hash": key_hash})
-        return _provider_from_doc(doc) if doc else None
+    async def providers_by_key_hash(self, key_hashes: Sequence[str]) -> dict[str, Provider]:
+        """The providers owning any of these key hashes, in one round trip."""
+        wanted = list(dict.fromkeys(key_hashes))
+        query = {"key_hash": wanted[0] if len(wanted) == 1 else {"$in": wanted}}
+        return {doc["key_hash"]: _provider_from_doc(doc)
+                async for doc in self.db.providers.find(query)}
 
     async def update_provider(self, name: str, *, updated_at: datetime,
                               endpoint: str | None = None, card: SealedCard | None = None,
@@ -308,6 +314,8 @@ class Store:
         ``update_one`` rather than ``find_one_and_update``: its counts are what decide, and
         the embedded server can answer a racing upsert with no document although it applied.
         """
+        if amount > limit:  # the upsert below would create the day already over the limit
+            return False
         query = {"_id": f"{provider}:{day}", "total": {"$lte": limit - amount}}
         update = {"$inc": {"total": amount}, "$setOnInsert": {"provider": provider, "day": day}}
         try:
@@ -319,6 +327,8 @@ class Store:
         return result.modified_count == 1 or result.upserted_id is not None
 
     async def release_daily(self, provider: str, day: str, amount: int) -> None:
+        if amount == 0:
+            return
         await self.db.daily_totals.update_one({"_id": f"{provider}:{day}"},
                                               {"$inc": {"total": -amount}})
 
@@ -333,6 +343,32 @@ class Store:
             await self.db.claims.insert_one(_claim_doc(claim))
         except DuplicateKeyError as exc:
             raise Duplicate(claim.ref) from exc
+
+    async def insert_claims(self, claims: Sequence[Claim]) -> list[Exception | None]:
+        """Insert many claims in one round trip: per claim, None, ``Duplicate`` or the error.
+
+        Unordered, so one refused claim does not stop the others being written.
+        """
+        if not claims:
+            return []
+        try:
+            await self.db.claims.insert_many([_claim_doc(c) for c in claims], ordered=False)
+        except BulkWriteError as exc:
+            errors = {e["index"]: e for e in exc.details.get("writeErrors", [])}
+            if exc.details.get("writeConcernErrors"):
+                raise
+            results: list[Exception | None] = []
+            for index, claim in enumerate(claims):
+                error = errors.get(index)
+                if error is None:
+                    results.append(None)
+                elif error.get("code") == DUPLICATE_KEY:
+                    results.append(Duplicate(claim.ref))
+                else:
+                    results.append(OperationFailure(error.get("errmsg", "write error"),
+                                                    error.get("code")))
+            return results
+        return [None] * len(claims)
 
     async def claim(self, provider: str, uuid: str) -> Claim | None:
         doc = await self.db.claims.find_one({"_id": uuid, "provider": provider})

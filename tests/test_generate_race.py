@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import httpx
@@ -48,3 +49,72 @@ def test_concurrent_generates_never_pass_the_daily_total(server_factory: Any, mo
     db = mongo[server.env["CASHOUT_DB_NAME"]]
     assert db.claims.count_documents({"provider": name}) == 5
     assert db.daily_totals.find_one({"provider": name})["total"] == 5000
+
+
+async def _mixed_burst(urls: list[str], requests: list[tuple[str, dict[str, str],
+                                                              dict[str, Any]]]
+                       ) -> list[httpx.Response]:
+    clients = [httpx.AsyncClient(base_url=u, timeout=60,
+                                 limits=httpx.Limits(max_connections=100)) for u in urls]
+    try:
+        return list(await asyncio.gather(*[
+            clients[i % len(clients)].post(path, json=body, headers=headers)
+            for i, (path, headers, body) in enumerate(requests)]))
+    finally:
+        for c in clients:
+            await c.aclose()
+
+
+def test_batched_generates_keep_every_daily_total_exact(server_factory: Any,
+                                                       mongo: Any) -> None:
+    """Generates are written in batches (one reservation and one insert per batch). Mix
+    repeats, conflicting amounts, two providers and two server processes near the daily
+    limit, then check the ledger: each id made at most one claim, answered 201 exactly once,
+    and each day's total is exactly the sum of the claims made."""
+    env = {"CASHOUT_MAX_CLAIM_AMOUNT": "1000", "CASHOUT_DAILY_LIMIT": "20000"}
+    db_name = unique_name("batch").replace("-", "_")
+    servers = [server_factory(env, db_name=db_name), server_factory(env, db_name=db_name)]
+    rng = random.Random(5)
+    providers = {}
+    for _ in range(2):
+        name = unique_name()
+        providers[name] = auth(register(servers[0].client(),
+                                        provider_body(name, random_pan()))["api_key"])
+    amounts = {(name, f"order-{k}"): rng.randrange(100, 1001, 50)
+               for name in providers for k in range(40)}
+    requests = []
+    for _ in range(240):
+        name, ref = rng.choice(list(amounts))
+        amount = amounts[(name, ref)] if rng.random() < 0.9 else amounts[(name, ref)] + 1
+        requests.append((f"/cashout/generate/{name}", providers[name],
+                         {"amount": amount, "id": ref}))
+    responses = asyncio.run(_mixed_burst([s.url for s in servers], requests))
+
+    db = mongo[db_name]
+    by_key: dict[tuple[str, str], list[tuple[int, httpx.Response]]] = {}
+    for (path, _, body), response in zip(requests, responses, strict=True):
+        by_key.setdefault((path.rsplit("/", 1)[1], body["id"]), []).append(
+            (body["amount"], response))
+    codes = {r.json().get("code") for r in responses if r.status_code >= 400}
+    assert {r.status_code for r in responses} <= {200, 201, 400, 409}
+    assert codes <= {"amount_over_limit", "id_conflict"}
+    assert "amount_over_limit" in codes, "the burst must reach the daily limit"
+    for (name, ref), answers in by_key.items():
+        claims = list(db.claims.find({"provider": name, "ref": ref}))
+        assert len(claims) <= 1
+        made = [r for _, r in answers if r.status_code == 201]
+        if not claims:
+            assert not made and {r.status_code for _, r in answers} == {400}
+            continue
+        claim = claims[0]
+        assert len(made) == 1, f"{ref}: one 201 for the one claim"
+        for amount, r in answers:
+            if r.status_code in (200, 201):
+                assert (r.json()["uuid"], r.json()["amount"]) == (claim["_id"], amount)
+                assert amount == claim["amount"]
+            elif r.status_code == 409:
+                assert amount != claim["amount"]
+    for name in providers:
+        made_total = sum(c["amount"] for c in db.claims.find({"provider": name}))
+        (day,) = db.daily_totals.find({"provider": name})
+        assert day["total"] == made_total <= 20000
