@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from tests.conftest import random_pan, unique_name
-from tests.harness import ServerProcess, auth, provider_body, register
+from tests.harness import ServerProcess, auth, provider_body, register, wait_until
 
 
 async def _burst(url: str, path: str, headers: dict[str, str],
@@ -118,3 +120,56 @@ def test_batched_generates_keep_every_daily_total_exact(server_factory: Any,
         made_total = sum(c["amount"] for c in db.claims.find({"provider": name}))
         (day,) = db.daily_totals.find({"provider": name})
         assert day["total"] == made_total <= 20000
+
+
+def test_kill_during_a_generate_burst_loses_nothing_and_never_under_counts(
+        server_factory: Any, mongo: Any, tmp_path: Path) -> None:
+    """kill -9 while batches of generates are being written, then the provider retries
+    every request: each id ends with exactly one claim, and the day's total is at least the
+    claims made and over-counts only by requests that were in flight at the kill."""
+    env = {"CASHOUT_DATA_DIR": str(tmp_path),
+           "CASHOUT_DB_NAME": unique_name("genkill").replace("-", "_")}
+    server = server_factory(env)
+    name = unique_name()
+    headers = auth(register(server.client(), provider_body(name, random_pan()))["api_key"])
+    bodies = [{"amount": 100 + i % 50, "id": f"k{i}"} for i in range(600)]
+    path = f"/cashout/generate/{name}"
+    db = mongo[env["CASHOUT_DB_NAME"]]
+    answered: dict[str, int] = {}
+
+    async def burst() -> None:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30,
+                                     limits=httpx.Limits(max_connections=64)) as client:
+            async def one(body: dict[str, Any]) -> None:
+                try:
+                    answered[body["id"]] = (await client.post(path, json=body,
+                                                              headers=headers)).status_code
+                except httpx.HTTPError:
+                    pass  # cut off by the kill
+
+            await asyncio.gather(*(one(b) for b in bodies))
+
+    sender = threading.Thread(target=asyncio.run, args=(burst(),))
+    sender.start()
+    wait_until(lambda: db.claims.count_documents({"provider": name}) >= 100, 60,
+               interval=0.01, what="a few batches to be written")
+    server.kill()
+    sender.join(60)
+    at_kill = db.claims.count_documents({"provider": name})
+    assert at_kill < len(bodies), "the kill must land in the middle of the burst"
+    assert set(answered.values()) <= {201}
+    unanswered = [b for b in bodies if b["id"] not in answered]
+    assert unanswered, "some requests must have been in flight"
+
+    restarted = server_factory(env)
+    retried = asyncio.run(_mixed_burst([restarted.url], [(path, headers, b) for b in bodies]))
+    claims = {c["ref"]: c for c in db.claims.find({"provider": name})}
+    assert len(claims) == len(bodies)
+    for body, response in zip(bodies, retried, strict=True):
+        assert response.status_code in (200, 201), response.text
+        assert response.json()["uuid"] == claims[body["id"]]["_id"]
+        if body["id"] in answered:
+            assert response.status_code == 200, "an answered request replays, never remakes"
+    made = sum(c["amount"] for c in claims.values())
+    total = db.daily_totals.find_one({"provider": name})["total"]
+    assert made <= total <= made + sum(b["amount"] for b in unanswered)
