@@ -127,18 +127,29 @@ class ClaimService:
         return [outcome[i] for i in range(len(claims))]
 
     async def _reserve(self, claims: list[Claim], group: list[int]) -> set[int]:
-        """Which of one provider's claims for one day fit under the daily limit. The whole
-        group in one update when it fits; near the limit, one by one in arrival order."""
-        first = claims[group[0]]
-        limit = self.settings.daily_limit
-        if await self.store.reserve_daily(first.provider, first.day,
-                                          sum(claims[i].amount for i in group), limit):
+        """Which of one provider's claims for one day fit under the daily limit, as if they
+        had come one by one in arrival order. Usually one update for the whole group."""
+        first, limit = claims[group[0]], self.settings.daily_limit
+
+        async def reserve(indexes: list[int]) -> bool:
+            return await self.store.reserve_daily(first.provider, first.day,
+                                                  sum(claims[i].amount for i in indexes), limit)
+
+        if await reserve(group):
             return set(group)
         if len(group) == 1:
             return set()
-        return {i for i in group
-                if await self.store.reserve_daily(first.provider, first.day,
-                                                  claims[i].amount, limit)}
+        # Near the limit: take claims in arrival order while they fit in what is left.
+        room = limit - await self.store.daily_total(first.provider, first.day)
+        fitting = []
+        for i in group:
+            if claims[i].amount <= room:
+                fitting.append(i)
+                room -= claims[i].amount
+        if not fitting or await reserve(fitting):
+            return set(fitting)
+        # Another process moved the total meanwhile: one by one, still in arrival order.
+        return {i for i in group if await reserve([i])}
 
     async def _existing(self, claim: Claim, *, over_limit: bool) -> Generated | Exception:
         """After a refusal: a concurrent identical request may have won meanwhile."""

@@ -91,6 +91,9 @@ def test_metrics_cover_requests_claims_payments_and_webhooks(server_factory: Any
     assert sample(text, "cashout_reconcile_backlog") == 0
     assert sample(text, "cashout_webhook_outbox_lag_seconds") == 0
     assert sample(text, "cashout_webhook_events", status="delivered") == 1
+    assert sample(text, "cashout_db_batch_size_count", batch="generate") == 1
+    assert sample(text, "cashout_db_batch_size_sum", batch="generate") == 1
+    assert (sample(text, "cashout_db_batch_size_count", batch="authenticate") or 0) >= 1
     assert provider.name not in text and uuid not in text and provider.pan not in text
 
 

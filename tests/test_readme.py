@@ -49,3 +49,11 @@ def test_quickstart_works_verbatim(server_factory: Any, tmp_path: Path) -> None:
         return json.loads(got.stdout)["status"] == "succeeded"
 
     wait_until(paid, 20, what="the quickstart claim to be paid")
+
+
+def test_every_setting_is_in_the_readme_table() -> None:
+    from server.settings import OPTIONS
+
+    table = (ROOT / "README.md").read_text().split("## Settings", 1)[1].split("\n## ", 1)[0]
+    missing = [o.name for o in OPTIONS if f"`CASHOUT_{o.name.upper()}`" not in table]
+    assert not missing, f"settings missing from the README's table: {missing}"
