@@ -338,12 +338,6 @@ class Store:
 
     # -- claims ----------------------------------------------------------------------------
 
-    async def insert_claim(self, claim: Claim) -> None:
-        try:
-            await self.db.claims.insert_one(_claim_doc(claim))
-        except DuplicateKeyError as exc:
-            raise Duplicate(claim.ref) from exc
-
     async def insert_claims(self, claims: Sequence[Claim]) -> list[Exception | None]:
         """Insert many claims in one round trip: per claim, None, ``Duplicate`` or the error.
 

@@ -602,10 +602,10 @@ class ClaimMachine(RuleBasedStateMachine):
     def generated(self, amount: int, patience: int) -> None:
         self.patience = patience  # some runs end early, others reach the third attempt
         now = utcnow()
-        run(self.store.insert_claim(Claim(
+        assert run(self.store.insert_claims([Claim(
             uuid=self.uuid, provider=PROVIDER, ref=f"ref-{self.uuid}", amount=amount,
             status=ClaimStatus.PENDING, created_at=now, expires_at=now + timedelta(days=7),
-            day=now.strftime("%Y-%m-%d"))))
+            day=now.strftime("%Y-%m-%d"))])) == [None]
         self.ready = True
 
     # -- reading --------------------------------------------------------------------------
