@@ -63,6 +63,8 @@ EXPIRED_CARD = 54
 ROUTING_ERROR = 72
 DUPLICATE_TRANSACTION = 613
 
+TRANSFER_COLUMNS = "tran_uuid, from_pan, to_pan, amount, code, message, applied, created_at"
+
 MESSAGES: dict[int, str] = {
     APPROVED: "Approved",
     INVALID_AMOUNT: "Invalid amount",
@@ -411,20 +413,12 @@ class Switch:
 
     def status(self, tran_uuid: str) -> TransferRecord | None:
         """The recorded result of a transaction, or None when the switch never saw it."""
-        with self._lock:
-            row = self._connect().execute(
-                "SELECT tran_uuid, from_pan, to_pan, amount, code, message, applied, created_at"
-                " FROM transfers WHERE tran_uuid = ?",
-                (tran_uuid,),
-            ).fetchone()
-        return _record(row) if row else None
+        found = self._records("WHERE tran_uuid = ?", (tran_uuid,))
+        return found[0] if found else None
 
     def ipin_matches(self, pan: str, ipin: str) -> bool | None:
         """Whether ``ipin`` is the account's IPIN; None when the card has none registered."""
-        with self._lock:
-            row = self._connect().execute(
-                "SELECT ipin FROM accounts WHERE pan = ?", (pan,)
-            ).fetchone()
+        row = self._one("SELECT ipin FROM accounts WHERE pan = ?", (pan,))
         if row is None or row[0] is None:
             return None
         return hmac.compare_digest(row[0], _ipin_digest(pan, ipin))
@@ -443,12 +437,11 @@ class Switch:
             )
 
     def account(self, pan: str) -> Account | None:
-        with self._lock:
-            row = self._connect().execute(
-                "SELECT pan, exp_date, balance, opened_with, ipin IS NOT NULL"
-                " FROM accounts WHERE pan = ?",
-                (pan,),
-            ).fetchone()
+        row = self._one(
+            "SELECT pan, exp_date, balance, opened_with, ipin IS NOT NULL"
+            " FROM accounts WHERE pan = ?",
+            (pan,),
+        )
         if row is None:
             return None
         return Account(row[0], row[1], row[2], row[3], bool(row[4]))
@@ -459,69 +452,52 @@ class Switch:
         return acct.balance if acct else None
 
     def transfers_to(self, pan: str) -> list[TransferRecord]:
-        return self._records(
-            "SELECT tran_uuid, from_pan, to_pan, amount, code, message, applied, created_at"
-            " FROM transfers WHERE to_pan = ? ORDER BY rowid",
-            (pan,),
-        )
+        return self._records("WHERE to_pan = ?", (pan,))
 
     def transfers_from(self, pan: str) -> list[TransferRecord]:
-        return self._records(
-            "SELECT tran_uuid, from_pan, to_pan, amount, code, message, applied, created_at"
-            " FROM transfers WHERE from_pan = ? ORDER BY rowid",
-            (pan,),
-        )
+        return self._records("WHERE from_pan = ?", (pan,))
 
     def all_transfers(self) -> list[TransferRecord]:
-        return self._records(
-            "SELECT tran_uuid, from_pan, to_pan, amount, code, message, applied, created_at"
-            " FROM transfers ORDER BY rowid",
-            (),
-        )
+        return self._records("", ())
 
     def applied_count(self, tran_uuid: str) -> int:
         """How many times money moved for this UUID: 0 or 1, never more."""
-        with self._lock:
-            row = self._connect().execute(
-                "SELECT COUNT(*) FROM transfers WHERE tran_uuid = ? AND applied = 1",
-                (tran_uuid,),
-            ).fetchone()
-        return int(row[0])
+        return self._number(
+            "SELECT COUNT(*) FROM transfers WHERE tran_uuid = ? AND applied = 1",
+            (tran_uuid,))
 
     def applied_total_to(self, pan: str) -> int:
         """Sum of applied transfers to a card: equals its balance if it never paid."""
-        with self._lock:
-            row = self._connect().execute(
-                "SELECT COALESCE(SUM(amount), 0) FROM transfers WHERE to_pan = ? AND applied = 1",
-                (pan,),
-            ).fetchone()
-        return int(row[0])
+        return self._number(
+            "SELECT COALESCE(SUM(amount), 0) FROM transfers WHERE to_pan = ? AND applied = 1",
+            (pan,))
 
     def total_money(self) -> int:
         """Sum of all balances."""
-        with self._lock:
-            row = self._connect().execute(
-                "SELECT COALESCE(SUM(balance), 0) FROM accounts"
-            ).fetchone()
-        return int(row[0])
+        return self._number("SELECT COALESCE(SUM(balance), 0) FROM accounts")
 
     def money_created(self) -> int:
         """Money brought into the system by opening paying accounts."""
-        with self._lock:
-            row = self._connect().execute(
-                "SELECT COALESCE(SUM(opened_with), 0) FROM accounts"
-            ).fetchone()
-        return int(row[0])
+        return self._number("SELECT COALESCE(SUM(opened_with), 0) FROM accounts")
 
     def money_is_conserved(self) -> bool:
         """Transfers only move money: balances must add up to what opening accounts created."""
-        with self._lock:
-            row = self._connect().execute(
-                "SELECT COALESCE(SUM(balance), 0), COALESCE(SUM(opened_with), 0) FROM accounts"
-            ).fetchone()
-        return int(row[0]) == int(row[1])
+        row = self._one(
+            "SELECT COALESCE(SUM(balance), 0), COALESCE(SUM(opened_with), 0) FROM accounts")
+        return row is not None and int(row[0]) == int(row[1])
 
-    def _records(self, query: str, args: tuple[Any, ...]) -> list[TransferRecord]:
+    def _number(self, query: str, args: tuple[Any, ...] = ()) -> int:
+        row = self._one(query, args)
+        return int(row[0]) if row else 0
+
+    def _one(self, query: str, args: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+        with self._lock:
+            row: tuple[Any, ...] | None = self._connect().execute(query, args).fetchone()
+        return row
+
+    def _records(self, where: str, args: tuple[Any, ...]) -> list[TransferRecord]:
+        """Transfers in the order the switch recorded them; ``where`` is one of ours."""
+        query = f"SELECT {TRANSFER_COLUMNS} FROM transfers {where} ORDER BY rowid"  # noqa: S608
         with self._lock:
             rows = self._connect().execute(query, args).fetchall()
         return [_record(r) for r in rows]
