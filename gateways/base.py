@@ -7,7 +7,7 @@ import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 
 class Outcome(enum.StrEnum):
@@ -111,6 +111,26 @@ class VerifyResult:
 
 
 @dataclass(frozen=True)
+class HttpReply:
+    """One HTTP exchange as a value; ``status`` None means no reply came at all."""
+
+    status: int | None
+    content_type: str = ""
+    body: bytes = b""
+    problem: str = ""  # why there was no reply, e.g. a timeout or a TLS failure
+
+
+class HttpClient(Protocol):
+    """The host's HTTP client. Gateways post through it, so they import no web framework
+    and the host decides how connections are made."""
+
+    async def post_json(self, url: str, body: bytes, *, connect_timeout: float,
+                        request_timeout: float, ca_file: str | None) -> HttpReply: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """Everything any gateway may need, built by the server from its settings.
 
@@ -128,6 +148,7 @@ class GatewayConfig:
     ebs_request_timeout: float = 60.0
     ebs_datetime_format: str = "%d%m%y%H%M%S"
     ebs_timezone: str = "Africa/Khartoum"
+    http: HttpClient | None = field(default=None, compare=False)  # owned by the gateway
 
 
 class Gateway(ABC):

@@ -12,7 +12,7 @@ Why it looks the way it does:
   The top-level ``responseCode`` describes the query; ``originalTransaction.responseCode``
   the transfer. **Not found** is signalled by a top-level ``responseCode`` of
   ``STATUS_NOT_FOUND_CODE`` (25, ISO 8583 "unable to locate record") with no
-  ``originalTransaction``; the project's simulator (``gateways.simulator``) uses the same
+  ``originalTransaction``; the project's simulator (``simulator.ebs``) uses the same
   constant. Real EBS's not-found code is not documented in the sources we have: check it
   against the QA switch and change the constant if it differs. Any other non-zero query code
   leaves the outcome UNKNOWN.
@@ -47,12 +47,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from Crypto.Cipher import PKCS1_v1_5
 from Crypto.PublicKey import RSA
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from gateways.base import (
     Card,
     Gateway,
     GatewayConfig,
+    HttpClient,
+    HttpReply,
     Outcome,
     TransferRequest,
     TransferResult,
@@ -176,24 +177,22 @@ class EbsGateway(Gateway):
         self._fetched_key: RSA.RsaKey | None = None
         self._key_failure: _Answer | None = None
         self._key_problem = ""
-        self._client: AsyncHTTPClient | None = None
+        if config.http is None:
+            raise ValueError("the ebs gateway needs an HTTP client from its host")
+        self._client: HttpClient = config.http
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._key_lock: asyncio.Lock | None = None
+        self._lock: asyncio.Lock | None = None
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> EbsGateway:
         return cls(config)
 
-    # -- transport -----------------------------------------------------------------------
-
-    def _http(self) -> AsyncHTTPClient:
-        """One client per event loop, our own instance so ``close`` cannot break others."""
+    def _key_lock(self) -> asyncio.Lock:
+        """One lock per event loop (tests run the gateway on several loops in turn)."""
         loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            self._client = AsyncHTTPClient(force_instance=True, max_clients=64)
-            self._loop = loop
-            self._key_lock = asyncio.Lock()
-        return self._client
+        if self._lock is None or self._loop is not loop:
+            self._lock, self._loop = asyncio.Lock(), loop
+        return self._lock
 
     def _common(self, request_uuid: str | None = None) -> dict[str, Any]:
         return {
@@ -203,19 +202,12 @@ class EbsGateway(Gateway):
         }
 
     async def _post(self, endpoint: str, body: dict[str, Any]) -> _Answer:
-        request = HTTPRequest(
-            self._url + endpoint,
-            method="POST",
-            body=json.dumps(body),
-            headers={"Content-Type": "application/json", "Accept": "application/json"},
+        started = time.monotonic()
+        answer = _judge(await self._client.post_json(
+            self._url + endpoint, json.dumps(body).encode(),
             connect_timeout=self._config.ebs_connect_timeout,
             request_timeout=self._config.ebs_request_timeout,
-            validate_cert=True,
-            ca_certs=self._config.ebs_ca_file or None,
-            follow_redirects=False,
-        )
-        started = time.monotonic()
-        answer = await self._exchange(request)
+            ca_file=self._config.ebs_ca_file))
         log.info(
             "ebs %s uuid=%s pan=%s http=%s code=%s%s %.0fms",
             endpoint, body.get("UUID"), mask_pan(body["PAN"]) if "PAN" in body else "-",
@@ -224,38 +216,13 @@ class EbsGateway(Gateway):
         )
         return answer
 
-    async def _exchange(self, request: HTTPRequest) -> _Answer:
-        try:
-            response = await self._http().fetch(request, raise_error=False)
-        except Exception as exc:  # any network failure is an unknown outcome, never a raise
-            detail = str(exc)[:200]
-            name = type(exc).__name__
-            return _Answer(None, f"{name}: {detail}" if detail else name)
-        if response.code != 200:
-            return _Answer(None, f"HTTP {response.code}", response.code)
-        content_type = response.headers.get("Content-Type", "")
-        if not _is_json_content_type(content_type):
-            return _Answer(None, f"Content-Type {content_type[:60]!r} is not JSON", 200)
-        try:
-            body = json.loads(response.body)
-        except (ValueError, UnicodeDecodeError):
-            return _Answer(None, "body is not JSON", 200)
-        if not isinstance(body, dict):
-            return _Answer(None, "body is not a JSON object", 200)
-        code = body.get("responseCode")
-        if not isinstance(code, int) or isinstance(code, bool):
-            return _Answer(None, "no integer responseCode", 200)
-        return _Answer(body, "", 200)
-
     # -- public key ----------------------------------------------------------------------
 
     async def _public_key(self, stale: RSA.RsaKey | None = None) -> RSA.RsaKey | None:
         """The key for IPIN blocks; with ``stale``, fetch again unless someone already did."""
         if self._configured_key is not None:
             return self._configured_key
-        self._http()
-        assert self._key_lock is not None
-        async with self._key_lock:
+        async with self._key_lock():
             if self._fetched_key is None or self._fetched_key is stale:
                 self._fetched_key = await self._fetch_key()
             return self._fetched_key
@@ -396,10 +363,28 @@ class EbsGateway(Gateway):
         return answer.body is not None and answer.code == APPROVED_CODE
 
     async def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-            self._loop = None
+        await self._client.close()
+
+
+def _judge(reply: HttpReply) -> _Answer:
+    """Only a 200 with a JSON object holding an integer responseCode is an answer; anything
+    else leaves the outcome unknown."""
+    if reply.status is None:
+        return _Answer(None, reply.problem)
+    if reply.status != 200:
+        return _Answer(None, f"HTTP {reply.status}", reply.status)
+    if not _is_json_content_type(reply.content_type):
+        return _Answer(None, f"Content-Type {reply.content_type[:60]!r} is not JSON", 200)
+    try:
+        body = json.loads(reply.body)
+    except (ValueError, UnicodeDecodeError):
+        return _Answer(None, "body is not JSON", 200)
+    if not isinstance(body, dict):
+        return _Answer(None, "body is not a JSON object", 200)
+    code = body.get("responseCode")
+    if not isinstance(code, int) or isinstance(code, bool):
+        return _Answer(None, "no integer responseCode", 200)
+    return _Answer(body, "", 200)
 
 
 def _reference(body: dict[str, Any]) -> str | None:

@@ -18,6 +18,7 @@ from server import metrics
 from server.background import InFlight
 from server.claims import ClaimService
 from server.crypto import KeyRing
+from server.http_client import TornadoHttpClient
 from server.logs import log_request
 from server.payouts import PayoutEngine
 from server.providers import ProviderService
@@ -86,6 +87,7 @@ def gateway_config(settings: Settings) -> GatewayConfig:
         ebs_request_timeout=settings.ebs_request_timeout,
         ebs_datetime_format=settings.ebs_datetime_format,
         ebs_timezone=settings.ebs_timezone,
+        http=TornadoHttpClient(),
     )
 
 

@@ -2,7 +2,7 @@
 
 Run it on its own so the whole stack can use the ``ebs`` gateway on one machine::
 
-    python -m gateways.simulator --host 127.0.0.1 --port 8181 --data-dir ./var/sim \\
+    python -m simulator.ebs --host 127.0.0.1 --port 8181 --data-dir ./var/sim \\
         [--key-bits 2048] [--application-id ACTSCon ...] [--slow-seconds 5] \\
         [--base-path /consumer/] [--max-clock-skew 300] [--datetime-format %d%m%y%H%M%S] \\
         [--timezone Africa/Khartoum] [--tls-cert CERT.pem --tls-key KEY.pem]
@@ -98,7 +98,7 @@ from gateways.switch import (
     mask,
 )
 
-log = logging.getLogger("gateways.simulator")
+log = logging.getLogger("simulator.ebs")
 
 LEDGER_FILE = "simulator-switch.sqlite3"
 KEY_FILE = "simulator-key.pem"
@@ -585,7 +585,7 @@ def make_app(state: SimState, base_path: str = "/consumer/") -> tornado.web.Appl
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m gateways.simulator",
+        prog="python -m simulator.ebs",
         description="EBS consumer API simulator over a SQLite ledger (sandbox and tests only).",
     )
     parser.add_argument("--host", default="127.0.0.1")

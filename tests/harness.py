@@ -20,8 +20,8 @@ from typing import IO, Any
 import httpx
 
 from gateways.mock import LEDGER_FILE as MOCK_LEDGER
-from gateways.simulator import LEDGER_FILE
 from gateways.switch import Switch
+from simulator.ebs import LEDGER_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -165,7 +165,7 @@ class Database:
 
 
 class Simulator:
-    """``python -m gateways.simulator`` as a child process, ready when it says so."""
+    """``python -m simulator.ebs`` as a child process, ready when it says so."""
 
     def __init__(self, data_dir: Path, log_path: Path, *extra: str) -> None:
         self.data_dir = data_dir
@@ -178,7 +178,7 @@ class Simulator:
     def start(self, timeout: float = 30.0) -> Simulator:
         self._log = self.log_path.open("a")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateways.simulator", "--host", "127.0.0.1", "--port", "0",
+            [sys.executable, "-m", "simulator.ebs", "--host", "127.0.0.1", "--port", "0",
              "--data-dir", str(self.data_dir), *self.extra],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=self._log, text=True,
         )

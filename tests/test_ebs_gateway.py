@@ -1,5 +1,5 @@
 """The ``ebs`` gateway against the EBS simulator, both real: the simulator runs as its own
-process (``python -m gateways.simulator``) and they talk HTTP on a local port."""
+process (``python -m simulator.ebs``) and they talk HTTP on a local port."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ import pytest
 
 from gateways.base import Card, GatewayConfig, Outcome, TransferRequest, TransferResult
 from gateways.ebs import EbsGateway
-from gateways.simulator import REQUIRED
 from gateways.switch import FUNDED_BALANCE
+from server.http_client import TornadoHttpClient
+from simulator.ebs import REQUIRED
 from tests.cards import luhn_card
 from tests.harness import Simulator
 
@@ -70,6 +71,7 @@ def config(sim: Simulator, **overrides: Any) -> GatewayConfig:
         "ebs_application_id": "ACTSCon",
         "ebs_connect_timeout": 2.0,
         "ebs_request_timeout": REQUEST_TIMEOUT,
+        "http": TornadoHttpClient(),
     }
     values.update(overrides)
     return GatewayConfig(**values)
@@ -358,6 +360,8 @@ def test_production_refuses_plain_http(sim: Simulator) -> None:
         EbsGateway(config(sim, ebs_application_id=None))
     with pytest.raises(ValueError):
         EbsGateway(config(sim, ebs_public_key="not a key"))
+    with pytest.raises(ValueError, match="HTTP client"):
+        EbsGateway(config(sim, http=None))
 
 
 def test_restart_keeps_key_and_ledger(tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""Stand-ins for outside systems, run as their own processes (not part of the service)."""
