@@ -28,8 +28,7 @@ class InsertHandler(tornado.web.RequestHandler):
 
     async def post(self) -> None:
         body = json.loads(self.request.body)
-        doc = {"ref": body.get("id"), "amount": body.get("amount"),
-               "created_at": datetime.now(UTC)}
+        doc = {"ref": body.get("id"), "amount": body.get("amount"), "created_at": datetime.now(UTC)}
         result = await self.collection.insert_one(doc)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_status(201)
@@ -48,7 +47,8 @@ async def serve(port: int, uri: str, db_name: str) -> None:
     await client[db_name].command("ping")
     app = tornado.web.Application(
         [("/insert", InsertHandler, {"collection": collection}), ("/hello", HelloHandler)],
-        log_function=lambda handler: None)
+        log_function=lambda handler: None,
+    )
     server = HTTPServer(app)
     server.listen(port, "127.0.0.1")
     print(f"baseline listening on http://127.0.0.1:{port}", flush=True)

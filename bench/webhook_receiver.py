@@ -57,8 +57,14 @@ class ResetHandler(tornado.web.RequestHandler):
 
 async def serve(port: int) -> None:
     app = tornado.web.Application(
-        [("/hook", HookHandler), ("/stats", StatsHandler), ("/dump", DumpHandler),
-         ("/reset", ResetHandler)], log_function=lambda handler: None)
+        [
+            ("/hook", HookHandler),
+            ("/stats", StatsHandler),
+            ("/dump", DumpHandler),
+            ("/reset", ResetHandler),
+        ],
+        log_function=lambda handler: None,
+    )
     server = HTTPServer(app)
     server.listen(port, "127.0.0.1")
     print(f"receiver listening on http://127.0.0.1:{port}", flush=True)

@@ -124,8 +124,15 @@ class HttpClient(Protocol):
     """The host's HTTP client. Gateways post through it, so they import no web framework
     and the host decides how connections are made."""
 
-    async def post_json(self, url: str, body: bytes, *, connect_timeout: float,
-                        request_timeout: float, ca_file: str | None) -> HttpReply: ...
+    async def post_json(
+        self,
+        url: str,
+        body: bytes,
+        *,
+        connect_timeout: float,
+        request_timeout: float,
+        ca_file: str | None,
+    ) -> HttpReply: ...
 
     async def close(self) -> None: ...
 

@@ -203,15 +203,23 @@ class EbsGateway(Gateway):
 
     async def _post(self, endpoint: str, body: dict[str, Any]) -> _Answer:
         started = time.monotonic()
-        answer = _judge(await self._client.post_json(
-            self._url + endpoint, json.dumps(body).encode(),
-            connect_timeout=self._config.ebs_connect_timeout,
-            request_timeout=self._config.ebs_request_timeout,
-            ca_file=self._config.ebs_ca_file))
+        answer = _judge(
+            await self._client.post_json(
+                self._url + endpoint,
+                json.dumps(body).encode(),
+                connect_timeout=self._config.ebs_connect_timeout,
+                request_timeout=self._config.ebs_request_timeout,
+                ca_file=self._config.ebs_ca_file,
+            )
+        )
         log.info(
             "ebs %s uuid=%s pan=%s http=%s code=%s%s %.0fms",
-            endpoint, body.get("UUID"), mask_pan(body["PAN"]) if "PAN" in body else "-",
-            answer.http_status, answer.code, f" problem={answer.problem}" if answer.problem else "",
+            endpoint,
+            body.get("UUID"),
+            mask_pan(body["PAN"]) if "PAN" in body else "-",
+            answer.http_status,
+            answer.code,
+            f" problem={answer.problem}" if answer.problem else "",
             (time.monotonic() - started) * 1000,
         )
         return answer
@@ -297,17 +305,24 @@ class EbsGateway(Gateway):
         }
         answer = await self._with_ipin("doCardTransfer", body, card.ipin, new_uuid=False)
         if answer.body is None:
-            return TransferResult(Outcome.UNKNOWN, tran_uuid, None, answer.message,
-                                  raw=answer.raw())
+            return TransferResult(
+                Outcome.UNKNOWN, tran_uuid, None, answer.message, raw=answer.raw()
+            )
         code = answer.code
         if code == APPROVED_CODE:
             return TransferResult(
-                Outcome.APPROVED, tran_uuid, code, answer.message or "Approved",
-                _reference(answer.body), answer.raw(),
+                Outcome.APPROVED,
+                tran_uuid,
+                code,
+                answer.message or "Approved",
+                _reference(answer.body),
+                answer.raw(),
             )
         if code == DUPLICATE_CODE:
             return TransferResult(
-                Outcome.UNKNOWN, tran_uuid, code,
+                Outcome.UNKNOWN,
+                tran_uuid,
+                code,
                 f"{answer.message or 'DUPLICATE_TRANSACTION'}: this UUID already has an outcome;"
                 " ask status",
                 raw=answer.raw(),
@@ -319,34 +334,51 @@ class EbsGateway(Gateway):
             "getTransactionStatus", {**self._common(), "originalTranUUID": tran_uuid}
         )
         if answer.body is None:
-            return TransferResult(Outcome.UNKNOWN, tran_uuid, None, answer.message,
-                                  raw=answer.raw())
+            return TransferResult(
+                Outcome.UNKNOWN, tran_uuid, None, answer.message, raw=answer.raw()
+            )
         if answer.code == STATUS_NOT_FOUND_CODE:
             return TransferResult(
-                Outcome.NOT_FOUND, tran_uuid, None, answer.message or "no such transaction",
+                Outcome.NOT_FOUND,
+                tran_uuid,
+                None,
+                answer.message or "no such transaction",
                 raw=answer.raw(),
             )
         if answer.code != APPROVED_CODE:
             return TransferResult(
-                Outcome.UNKNOWN, tran_uuid, None,
-                f"status query failed ({answer.code} {answer.message})", raw=answer.raw(),
+                Outcome.UNKNOWN,
+                tran_uuid,
+                None,
+                f"status query failed ({answer.code} {answer.message})",
+                raw=answer.raw(),
             )
         original = answer.body.get("originalTransaction")
         code = original.get("responseCode") if isinstance(original, dict) else None
         if not isinstance(original, dict) or not isinstance(code, int) or isinstance(code, bool):
             return TransferResult(
-                Outcome.UNKNOWN, tran_uuid, None,
-                "status reply has no originalTransaction.responseCode", raw=answer.raw(),
+                Outcome.UNKNOWN,
+                tran_uuid,
+                None,
+                "status reply has no originalTransaction.responseCode",
+                raw=answer.raw(),
             )
         if original.get("UUID") not in (None, tran_uuid):
             return TransferResult(
-                Outcome.UNKNOWN, tran_uuid, None, "status reply is about another transaction",
+                Outcome.UNKNOWN,
+                tran_uuid,
+                None,
+                "status reply is about another transaction",
                 raw=answer.raw(),
             )
         message = str(original.get("responseMessage") or "")
         if code == APPROVED_CODE:
             return TransferResult(
-                Outcome.APPROVED, tran_uuid, code, message or "Approved", _reference(original),
+                Outcome.APPROVED,
+                tran_uuid,
+                code,
+                message or "Approved",
+                _reference(original),
                 answer.raw(),
             )
         return TransferResult(Outcome.DECLINED, tran_uuid, code, message, raw=answer.raw())

@@ -23,23 +23,30 @@ class InstrumentedGateway(Gateway):
     async def transfer(self, request: TransferRequest) -> TransferResult:
         started = time.monotonic()
         result = await self.inner.transfer(request)
-        self.observe(self.name, "transfer", str(result.outcome), result.code,
-                     time.monotonic() - started)
+        self.observe(
+            self.name, "transfer", str(result.outcome), result.code, time.monotonic() - started
+        )
         return result
 
     async def status(self, tran_uuid: str) -> TransferResult:
         started = time.monotonic()
         result = await self.inner.status(tran_uuid)
-        self.observe(self.name, "status", str(result.outcome), result.code,
-                     time.monotonic() - started)
+        self.observe(
+            self.name, "status", str(result.outcome), result.code, time.monotonic() - started
+        )
         return result
 
     async def verify_card(self, card: Card) -> VerifyResult | None:
         started = time.monotonic()
         result = await self.inner.verify_card(card)
         if result is not None:
-            self.observe(self.name, "verify", "ok" if result.ok else "rejected", result.code,
-                         time.monotonic() - started)
+            self.observe(
+                self.name,
+                "verify",
+                "ok" if result.ok else "rejected",
+                result.code,
+                time.monotonic() - started,
+            )
         return result
 
     async def is_alive(self) -> bool | None:

@@ -76,14 +76,20 @@ class MockGateway(Gateway):
         }
         if reply.unanswered:
             return TransferResult(
-                Outcome.UNKNOWN, request.tran_uuid, None, "the switch did not answer (timeout)",
+                Outcome.UNKNOWN,
+                request.tran_uuid,
+                None,
+                "the switch did not answer (timeout)",
                 raw={**raw, "error": "timeout"},
             )
         raw.update(responseCode=reply.code, responseMessage=reply.message)
         if reply.code == DUPLICATE_TRANSACTION:
             return TransferResult(
-                Outcome.UNKNOWN, request.tran_uuid, reply.code,
-                f"{reply.message}: this UUID already has an outcome; ask status", raw=raw,
+                Outcome.UNKNOWN,
+                request.tran_uuid,
+                reply.code,
+                f"{reply.message}: this UUID already has an outcome; ask status",
+                raw=raw,
             )
         if reply.approved:
             reference = reply.reference
@@ -91,14 +97,18 @@ class MockGateway(Gateway):
             return TransferResult(
                 Outcome.APPROVED, request.tran_uuid, 0, reply.message, reference, raw
             )
-        return TransferResult(Outcome.DECLINED, request.tran_uuid, reply.code, reply.message,
-                              raw=raw)
+        return TransferResult(
+            Outcome.DECLINED, request.tran_uuid, reply.code, reply.message, raw=raw
+        )
 
     async def status(self, tran_uuid: str) -> TransferResult:
         record = self.switch.status(tran_uuid)
         if record is None:
             return TransferResult(
-                Outcome.NOT_FOUND, tran_uuid, None, "no such transaction",
+                Outcome.NOT_FOUND,
+                tran_uuid,
+                None,
+                "no such transaction",
                 raw={"tranUUID": tran_uuid, "found": False},
             )
         return _from_record(record)

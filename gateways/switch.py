@@ -239,7 +239,9 @@ class Switch:
         if self._conn is not None and self._pid == os.getpid():
             return self._conn
         conn = sqlite3.connect(
-            self.path, timeout=self._busy_timeout_ms / 1000, isolation_level=None,
+            self.path,
+            timeout=self._busy_timeout_ms / 1000,
+            isolation_level=None,
             check_same_thread=False,
         )
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
@@ -315,7 +317,12 @@ class Switch:
             reply = self._transfer(conn, tran_uuid, from_pan, exp_date, ipin, to_pan, amount, now)
         log.info(
             "transfer %s %s -> %s amount=%s code=%s applied=%s unanswered=%s",
-            tran_uuid, mask(from_pan), mask(to_pan), amount, reply.code, reply.applied,
+            tran_uuid,
+            mask(from_pan),
+            mask(to_pan),
+            amount,
+            reply.code,
+            reply.applied,
             reply.unanswered,
         )
         return reply
@@ -333,19 +340,34 @@ class Switch:
     ) -> TransferReply:
         if conn.execute("SELECT 1 FROM transfers WHERE tran_uuid = ?", (tran_uuid,)).fetchone():
             return TransferReply(
-                tran_uuid, DUPLICATE_TRANSACTION, MESSAGES[DUPLICATE_TRANSACTION],
-                applied=False, recorded=False,
+                tran_uuid,
+                DUPLICATE_TRANSACTION,
+                MESSAGES[DUPLICATE_TRANSACTION],
+                applied=False,
+                recorded=False,
             )
 
         def record(code: int, applied: bool = False, unanswered: bool = False) -> TransferReply:
             conn.execute(
                 "INSERT INTO transfers (tran_uuid, from_pan, to_pan, amount, code, message,"
                 " applied, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (tran_uuid, from_pan, to_pan, amount if isinstance(amount, int) else 0, code,
-                 MESSAGES[code], int(applied), now.isoformat()),
+                (
+                    tran_uuid,
+                    from_pan,
+                    to_pan,
+                    amount if isinstance(amount, int) else 0,
+                    code,
+                    MESSAGES[code],
+                    int(applied),
+                    now.isoformat(),
+                ),
             )
             return TransferReply(
-                tran_uuid, code, MESSAGES[code], applied=applied, recorded=True,
+                tran_uuid,
+                code,
+                MESSAGES[code],
+                applied=applied,
+                recorded=True,
                 unanswered=unanswered,
             )
 
@@ -384,9 +406,7 @@ class Switch:
             return INVALID_CARD
         if not (isinstance(ipin, str) and ipin.isdigit() and 4 <= len(ipin) <= 12):
             return WRONG_IPIN
-        row = conn.execute(
-            "SELECT ipin, exp_date FROM accounts WHERE pan = ?", (pan,)
-        ).fetchone()
+        row = conn.execute("SELECT ipin, exp_date FROM accounts WHERE pan = ?", (pan,)).fetchone()
         if row is None or row[0] is None:
             # First time this card pays: it becomes a funded account with these credentials.
             if _expiry_problem(exp_date, now):
@@ -463,14 +483,15 @@ class Switch:
     def applied_count(self, tran_uuid: str) -> int:
         """How many times money moved for this UUID: 0 or 1, never more."""
         return self._number(
-            "SELECT COUNT(*) FROM transfers WHERE tran_uuid = ? AND applied = 1",
-            (tran_uuid,))
+            "SELECT COUNT(*) FROM transfers WHERE tran_uuid = ? AND applied = 1", (tran_uuid,)
+        )
 
     def applied_total_to(self, pan: str) -> int:
         """Sum of applied transfers to a card: equals its balance if it never paid."""
         return self._number(
             "SELECT COALESCE(SUM(amount), 0) FROM transfers WHERE to_pan = ? AND applied = 1",
-            (pan,))
+            (pan,),
+        )
 
     def total_money(self) -> int:
         """Sum of all balances."""
@@ -483,7 +504,8 @@ class Switch:
     def money_is_conserved(self) -> bool:
         """Transfers only move money: balances must add up to what opening accounts created."""
         row = self._one(
-            "SELECT COALESCE(SUM(balance), 0), COALESCE(SUM(opened_with), 0) FROM accounts")
+            "SELECT COALESCE(SUM(balance), 0), COALESCE(SUM(opened_with), 0) FROM accounts"
+        )
         return row is not None and int(row[0]) == int(row[1])
 
     def _number(self, query: str, args: tuple[Any, ...] = ()) -> int:
@@ -505,8 +527,14 @@ class Switch:
 
 def _record(row: tuple[Any, ...]) -> TransferRecord:
     return TransferRecord(
-        tran_uuid=row[0], from_pan=row[1], to_pan=row[2], amount=row[3], code=row[4],
-        message=row[5], applied=bool(row[6]), created_at=row[7],
+        tran_uuid=row[0],
+        from_pan=row[1],
+        to_pan=row[2],
+        amount=row[3],
+        code=row[4],
+        message=row[5],
+        applied=bool(row[6]),
+        created_at=row[7],
     )
 
 
@@ -545,7 +573,12 @@ def iter_masked(records: list[TransferRecord]) -> Iterator[dict[str, Any]]:
     """Records as dicts safe to print or serve (card numbers masked)."""
     for r in records:
         yield {
-            "tran_uuid": r.tran_uuid, "from_pan": mask(r.from_pan), "to_pan": mask(r.to_pan),
-            "amount": r.amount, "code": r.code, "message": r.message, "applied": r.applied,
+            "tran_uuid": r.tran_uuid,
+            "from_pan": mask(r.from_pan),
+            "to_pan": mask(r.to_pan),
+            "amount": r.amount,
+            "code": r.code,
+            "message": r.message,
+            "applied": r.applied,
             "created_at": r.created_at,
         }

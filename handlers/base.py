@@ -35,8 +35,9 @@ _HTTP_CODES = {
 
 def security_headers(handler: RequestHandler, cache: bool = False) -> None:
     """The headers of DESIGN.md section 5, on every response of every handler."""
-    handler.set_header("Content-Security-Policy",
-                       "default-src 'self'; frame-ancestors 'none'; form-action 'self'")
+    handler.set_header(
+        "Content-Security-Policy", "default-src 'self'; frame-ancestors 'none'; form-action 'self'"
+    )
     handler.set_header("X-Content-Type-Options", "nosniff")
     handler.set_header("Referrer-Policy", "no-referrer")
     handler.set_header("X-Frame-Options", "DENY")
@@ -91,8 +92,12 @@ class BaseHandler(RequestHandler):
                 log.warning("%s %s: %s", self.request.method, self.route, value.log_message)
             return
         if is_unavailable(value):
-            log.warning("%s %s: database unavailable: %s", self.request.method, self.route,
-                        type(value).__name__)
+            log.warning(
+                "%s %s: database unavailable: %s",
+                self.request.method,
+                self.route,
+                type(value).__name__,
+            )
             return
         log.error("%s %s failed", self.request.method, self.route, exc_info=(typ, value, tb))
 
@@ -100,11 +105,15 @@ class BaseHandler(RequestHandler):
         if isinstance(exc, ApiError):
             return exc.body()
         if exc is not None and is_unavailable(exc):
-            return {"message": "The service is briefly unavailable; try again shortly.",
-                    "code": "unavailable"}
+            return {
+                "message": "The service is briefly unavailable; try again shortly.",
+                "code": "unavailable",
+            }
         if status_code >= 500:
-            return {"message": "Something went wrong on our side; it has been logged.",
-                    "code": "internal_error"}
+            return {
+                "message": "Something went wrong on our side; it has been logged.",
+                "code": "internal_error",
+            }
         reason = httputil.responses.get(status_code, "Error")
         return {"message": reason + ".", "code": _HTTP_CODES.get(status_code, "error")}
 
@@ -116,8 +125,11 @@ class BaseHandler(RequestHandler):
 
     def allowed_methods(self) -> list[str]:
         """The methods this handler implements (for the ``Allow`` header of a 405)."""
-        return [m for m in self.SUPPORTED_METHODS
-                if getattr(type(self), m.lower()) is not getattr(RequestHandler, m.lower())]
+        return [
+            m
+            for m in self.SUPPORTED_METHODS
+            if getattr(type(self), m.lower()) is not getattr(RequestHandler, m.lower())
+        ]
 
     def write_json(self, body: Any, status: int | None = None) -> None:
         if status is not None:
@@ -134,18 +146,24 @@ class ApiHandler(BaseHandler):
         if optional and not raw.strip():
             return {}
         if len(raw) > self.services.settings.max_body_bytes:
-            raise ApiError(413, "payload_too_large",
-                           f"The body is larger than {self.services.settings.max_body_bytes} "
-                           "bytes.")
+            raise ApiError(
+                413,
+                "payload_too_large",
+                f"The body is larger than {self.services.settings.max_body_bytes} bytes.",
+            )
         ctype = self.request.headers.get("Content-Type", "")
         if ctype.split(";", 1)[0].strip().lower() != "application/json":
-            raise ApiError(415, "unsupported_media_type",
-                           "Send the body as JSON with 'Content-Type: application/json'.")
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                "Send the body as JSON with 'Content-Type: application/json'.",
+            )
         return parse_json_object(raw)
 
     async def provider(self, name: str) -> Provider:
         return await self.services.providers.authenticate(
-            self.request.headers.get("Authorization"), name)
+            self.request.headers.get("Authorization"), name
+        )
 
 
 class NotFoundHandler(BaseHandler):

@@ -52,8 +52,13 @@ class PageHandler(BaseHandler):
     def get_user_locale(self) -> tornado.locale.Locale | None:
         lang = self.get_query_argument("lang", None)
         if lang in LANGS:
-            self.set_cookie("lang", lang, httponly=True, samesite="Lax",
-                            secure=self.services.settings.production)
+            self.set_cookie(
+                "lang",
+                lang,
+                httponly=True,
+                samesite="Lax",
+                secure=self.services.settings.production,
+            )
         else:
             lang = self.get_cookie("lang")
         return tornado.locale.get(lang) if lang in LANGS else None
@@ -64,15 +69,17 @@ class PageHandler(BaseHandler):
 
     def _lang_links(self) -> list[tuple[str, str, bool]]:
         current = self.locale.code.split("_")[0]
-        return [(code, label, code == current)
-                for code, label in (("en", "English"), ("ar", "العربية"))]
+        return [
+            (code, label, code == current) for code, label in (("en", "English"), ("ar", "العربية"))
+        ]
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         body = self.error_body(status_code, exc)
         self.set_header("Content-Type", "text/html; charset=UTF-8")
-        self.render("error.html", status=status_code, code=body["code"],
-                    lang_links=self._lang_links())
+        self.render(
+            "error.html", status=status_code, code=body["code"], lang_links=self._lang_links()
+        )
 
 
 class ClaimPageHandler(PageHandler):
@@ -86,14 +93,20 @@ class ClaimPageHandler(PageHandler):
     def render_claim(self, claim: Claim, error: str | None = None, status: int = 200) -> None:
         if claim.status is ClaimStatus.PENDING:
             retry = claim.response_message if claim.attempts else None
-            self.page("claim_form.html", status=status, claim=claim, error=error,
-                      retry_reason=retry and FAILURE_REASONS.get(claim.response_code or -1,
-                                                                 DEFAULT_FAILURE),
-                      attempts_left=3 - len(claim.attempts))
+            self.page(
+                "claim_form.html",
+                status=status,
+                claim=claim,
+                error=error,
+                retry_reason=retry
+                and FAILURE_REASONS.get(claim.response_code or -1, DEFAULT_FAILURE),
+                attempts_left=3 - len(claim.attempts),
+            )
             return
         reason = FAILURE_REASONS.get(claim.response_code or -1, DEFAULT_FAILURE)
-        self.page("claim_status.html", claim=claim, reason=reason,
-                  completed=rfc3339(claim.completed_at))
+        self.page(
+            "claim_status.html", claim=claim, reason=reason, completed=rfc3339(claim.completed_at)
+        )
 
     async def post(self, name: str, uuid: str) -> None:
         pan = self.get_body_argument("pan", "")

@@ -20,8 +20,10 @@ class ReadyHandler(BaseHandler):
         db = await self.services.store.ping()
         alive = await self.services.gateway.is_alive()
         ready = db and alive is not False
-        self.write_json({"status": "ok" if ready else "unavailable", "database": db,
-                         "gateway": alive}, status=200 if ready else 503)
+        self.write_json(
+            {"status": "ok" if ready else "unavailable", "database": db, "gateway": alive},
+            status=200 if ready else 503,
+        )
 
 
 class MetricsHandler(BaseHandler):

@@ -9,16 +9,19 @@ from server.errors import invalid
 class RegisterHandler(ApiHandler):
     async def post(self) -> None:
         creds = await self.services.providers.register(self.json_body())
-        self.write_json({"result": "ok", "api_key": creds.api_key,
-                         "webhook_secret": creds.webhook_secret})
+        self.write_json(
+            {"result": "ok", "api_key": creds.api_key, "webhook_secret": creds.webhook_secret}
+        )
 
 
 class GenerateHandler(ApiHandler):
     async def post(self, name: str) -> None:
         provider = await self.provider(name)
         generated = await self.services.claims.generate(provider, self.json_body())
-        self.write_json(self.services.claims.generated_body(generated.claim),
-                        status=201 if generated.created else 200)
+        self.write_json(
+            self.services.claims.generated_body(generated.claim),
+            status=201 if generated.created else 200,
+        )
 
 
 class ClaimHandler(ApiHandler):
@@ -38,9 +41,12 @@ class ClaimsHandler(ApiHandler):
                 raise invalid("id", "cannot be combined with status, limit or after")
             self.write_json((await claims.get_by_ref(provider, ref)).public())
             return
-        page = await claims.list(provider, status=self.get_query_argument("status", None),
-                                 limit=self.get_query_argument("limit", None),
-                                 after=self.get_query_argument("after", None))
+        page = await claims.list(
+            provider,
+            status=self.get_query_argument("status", None),
+            limit=self.get_query_argument("limit", None),
+            after=self.get_query_argument("after", None),
+        )
         self.write_json({"claims": [c.public() for c in page.claims], "next": page.next_cursor})
 
 

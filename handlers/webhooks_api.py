@@ -9,10 +9,14 @@ from server import validation
 class WebhooksHandler(ApiHandler):
     async def get(self, name: str) -> None:
         provider = await self.provider(name)
-        self.write_json(await self.services.webhooks.list(
-            provider, status=self.get_query_argument("status", None),
-            limit=self.get_query_argument("limit", None),
-            after=self.get_query_argument("after", None)))
+        self.write_json(
+            await self.services.webhooks.list(
+                provider,
+                status=self.get_query_argument("status", None),
+                limit=self.get_query_argument("limit", None),
+                after=self.get_query_argument("after", None),
+            )
+        )
 
 
 class RedeliverHandler(ApiHandler):

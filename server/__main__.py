@@ -12,9 +12,11 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     settings_mod.add_arguments(common)
     parser = argparse.ArgumentParser(
-        prog="python -m server", parents=[common],
+        prog="python -m server",
+        parents=[common],
         description="Cashout service for rewards programs on the EBS card switch. Every flag "
-                    "can also be set by the CASHOUT_* variable named in its help.")
+        "can also be set by the CASHOUT_* variable named in its help.",
+    )
     commands = parser.add_subparsers(dest="command", metavar="{serve,admin}")
     commands.add_parser("serve", parents=[common], help="run the HTTP service (the default)")
     admin = commands.add_parser("admin", parents=[common], help="operator tasks")

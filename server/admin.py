@@ -30,8 +30,7 @@ async def providers(services: Services, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(view))
         else:
-            print(f"{view['name']:<32} {view['card']:<10} {view['created_at']}  "
-                  f"{view['endpoint']}")
+            print(f"{view['name']:<32} {view['card']:<10} {view['created_at']}  {view['endpoint']}")
     if not args.json:
         print(f"{len(found)} providers", file=sys.stderr)
     return 0
@@ -39,8 +38,10 @@ async def providers(services: Services, args: argparse.Namespace) -> int:
 
 async def rotate_keys(services: Services, args: argparse.Namespace) -> int:
     report = await reseal_all(services.store, services.keys)
-    print(f"re-encrypted {report.resealed} values to key {services.keys.primary!r}; "
-          f"{report.remaining} still under other keys")
+    print(
+        f"re-encrypted {report.resealed} values to key {services.keys.primary!r}; "
+        f"{report.remaining} still under other keys"
+    )
     return 0 if report.remaining == 0 else 1
 
 
@@ -50,35 +51,47 @@ async def reconcile(services: Services, args: argparse.Namespace) -> int:
         looked += await services.payouts.reconcile_once(include_unknown=True)
         await services.payouts.background.stop(services.settings.attempt_lease)
     figures = await services.store.figures(utcnow())
-    print(f"looked at {looked} claims; {figures.claims_by_status['processing']} still "
-          f"processing ({figures.reconcile_backlog} due)")
+    print(
+        f"looked at {looked} claims; {figures.claims_by_status['processing']} still "
+        f"processing ({figures.reconcile_backlog} due)"
+    )
     return 0
 
 
 async def redeliver(services: Services, args: argparse.Namespace) -> int:
-    if not (args.event or args.provider or args.since or args.until or args.status
-            or args.all):
-        print("cashout: name events with --event, --provider, --since/--until or --status, "
-              "or pass --all", file=sys.stderr)
+    if not (args.event or args.provider or args.since or args.until or args.status or args.all):
+        print(
+            "cashout: name events with --event, --provider, --since/--until or --status, "
+            "or pass --all",
+            file=sys.stderr,
+        )
         return 2
     count = await services.store.redeliver_matching(
-        utcnow(), event_id=args.event, provider=args.provider, since=args.since,
-        until=args.until, status=args.status)
+        utcnow(),
+        event_id=args.event,
+        provider=args.provider,
+        since=args.since,
+        until=args.until,
+        status=args.status,
+    )
     print(f"{count} events queued for delivery")
     return 0 if count or not args.event else 1
 
 
 async def expire(services: Services, args: argparse.Namespace) -> int:
     total = 0
-    while (done := await services.payouts.expire_once()):
+    while done := await services.payouts.expire_once():
         total += done
     print(f"expired {total} claims")
     return 0
 
 
 TASKS: dict[str, Task] = {
-    "providers": providers, "rotate-keys": rotate_keys, "reconcile": reconcile,
-    "redeliver": redeliver, "expire": expire,
+    "providers": providers,
+    "rotate-keys": rotate_keys,
+    "reconcile": reconcile,
+    "redeliver": redeliver,
+    "expire": expire,
 }
 
 
@@ -114,6 +127,5 @@ def run(task: str, settings: Settings, args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_run(settings, task, args))
     except Exception as exc:
-        print(logs.mask(f"cashout: {task} failed: {type(exc).__name__}: {exc}"),
-              file=sys.stderr)
+        print(logs.mask(f"cashout: {task} failed: {type(exc).__name__}: {exc}"), file=sys.stderr)
         return 1

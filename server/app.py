@@ -63,15 +63,22 @@ class Services:
     inflight: InFlight = field(default_factory=InFlight)
 
     @classmethod
-    def build(cls, settings: Settings, store: Store, keys: KeyRing, gateway: Gateway
-              ) -> Services:
+    def build(cls, settings: Settings, store: Store, keys: KeyRing, gateway: Gateway) -> Services:
         gateway = InstrumentedGateway(gateway, metrics.observe_payment)
         providers = ProviderService(settings, store, keys, gateway)
         payouts = PayoutEngine(settings, store, keys, gateway, providers)
         webhooks = WebhookSender(settings, store, providers)
         payouts.on_terminal.append(webhooks.claim_finished)
-        return cls(settings, store, keys, gateway, providers, ClaimService(settings, store),
-                   payouts, webhooks)
+        return cls(
+            settings,
+            store,
+            keys,
+            gateway,
+            providers,
+            ClaimService(settings, store),
+            payouts,
+            webhooks,
+        )
 
 
 def gateway_config(settings: Settings) -> GatewayConfig:

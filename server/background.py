@@ -60,8 +60,7 @@ class Background:
             return
         exc = task.exception()
         if is_unavailable(exc):  # an outage, not a bug: the next round picks the work up
-            log.warning("%s work stopped, database unavailable: %s", self.name,
-                        type(exc).__name__)
+            log.warning("%s work stopped, database unavailable: %s", self.name, type(exc).__name__)
             return
         log.error("%s work failed", self.name, exc_info=exc)
 

@@ -23,8 +23,14 @@ BatchWriter = Callable[[list[T]], Awaitable[Sequence["R | BaseException"]]]
 class Batcher(Generic[T, R]):
     """At most one batch in flight; everything submitted meanwhile waits for the next."""
 
-    def __init__(self, name: str, write: BatchWriter[T, R], *, max_batch: int = 256,
-                 observe: Callable[[str, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        write: BatchWriter[T, R],
+        *,
+        max_batch: int = 256,
+        observe: Callable[[str, int], None] | None = None,
+    ) -> None:
         self.name = name
         self._write = write
         self._max_batch = max_batch
@@ -43,16 +49,18 @@ class Batcher(Generic[T, R]):
         batch: list[tuple[T, asyncio.Future[R]]] = []
         try:
             while self._queue:
-                batch = self._queue[:self._max_batch]
-                del self._queue[:self._max_batch]
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
                 if self._observe is not None:
                     self._observe(self.name, len(batch))
                 try:
                     results: Sequence[R | BaseException] = await self._write(
-                        [item for item, _ in batch])
+                        [item for item, _ in batch]
+                    )
                     if len(results) != len(batch):  # pragma: no cover - a writer bug
-                        raise RuntimeError(f"{self.name}: {len(results)} results for "
-                                           f"{len(batch)} items")
+                        raise RuntimeError(
+                            f"{self.name}: {len(results)} results for {len(batch)} items"
+                        )
                 except Exception as exc:  # every item of the batch shares the failure
                     results = [exc] * len(batch)
                 for (_, future), result in zip(batch, results, strict=True):

@@ -26,7 +26,8 @@ class ClaimService:
         self.settings = settings
         self.store = store
         self._batches: Batcher[Claim, Generated] = Batcher(
-            "generate", self._write, max_batch=settings.db_batch, observe=metrics.observe_batch)
+            "generate", self._write, max_batch=settings.db_batch, observe=metrics.observe_batch
+        )
 
     def claim_url(self, claim: Claim) -> str:
         return f"{self.settings.public_base()}/cashout/claim/{claim.provider}/{claim.uuid}"
@@ -45,9 +46,11 @@ class ClaimService:
 
     def _replay(self, existing: Claim, amount: int) -> Generated:
         if existing.amount != amount:
-            raise ApiError(409, "id_conflict",
-                           f"A claim with this id already exists for a different amount "
-                           f"({existing.amount}).")
+            raise ApiError(
+                409,
+                "id_conflict",
+                f"A claim with this id already exists for a different amount ({existing.amount}).",
+            )
         return Generated(existing, created=False)
 
     async def generate(self, provider: Provider, body: Any) -> Generated:
@@ -57,21 +60,25 @@ class ClaimService:
         if ttl > self.settings.max_claim_ttl:
             raise invalid("expires_in", f"must be at most {self.settings.max_claim_ttl}")
         if amount > self.settings.max_claim_amount:
-            raise ApiError(400, "amount_over_limit",
-                           f"The amount is over the per-claim maximum of "
-                           f"{self.settings.max_claim_amount}.",
-                           [{"field": "amount", "problem": "is over the per-claim maximum"}])
+            raise ApiError(
+                400,
+                "amount_over_limit",
+                f"The amount is over the per-claim maximum of {self.settings.max_claim_amount}.",
+                [{"field": "amount", "problem": "is over the per-claim maximum"}],
+            )
         now = utcnow()
-        return await self._batches.submit(Claim(
-            uuid=str(uuidlib.uuid4()),
-            provider=provider.name,
-            ref=ref,
-            amount=amount,
-            status=ClaimStatus.PENDING,
-            created_at=now,
-            expires_at=now + timedelta(seconds=ttl),
-            day=now.strftime("%Y-%m-%d"),
-        ))
+        return await self._batches.submit(
+            Claim(
+                uuid=str(uuidlib.uuid4()),
+                provider=provider.name,
+                ref=ref,
+                amount=amount,
+                status=ClaimStatus.PENDING,
+                created_at=now,
+                expires_at=now + timedelta(seconds=ttl),
+                day=now.strftime("%Y-%m-%d"),
+            )
+        )
 
     async def _write(self, claims: list[Claim]) -> list[Generated | BaseException]:
         """Create a batch of claims: one daily reservation per provider and day, then one
@@ -121,8 +128,7 @@ class ClaimService:
             else:  # the first copy was refused: this one must be tried on its own merits
                 again.append(i)
         if again:
-            for i, result in zip(again, await self._write([claims[i] for i in again]),
-                                 strict=True):
+            for i, result in zip(again, await self._write([claims[i] for i in again]), strict=True):
                 outcome[i] = result
         return [outcome[i] for i in range(len(claims))]
 
@@ -132,8 +138,9 @@ class ClaimService:
         first, limit = claims[group[0]], self.settings.daily_limit
 
         async def reserve(indexes: list[int]) -> bool:
-            return await self.store.reserve_daily(first.provider, first.day,
-                                                  sum(claims[i].amount for i in indexes), limit)
+            return await self.store.reserve_daily(
+                first.provider, first.day, sum(claims[i].amount for i in indexes), limit
+            )
 
         if await reserve(group):
             return set(group)
@@ -161,10 +168,13 @@ class ClaimService:
                 return exc
         if not over_limit:  # pragma: no cover - the unique index said it exists
             return Duplicate(claim.ref)
-        return ApiError(400, "amount_over_limit",
-                        f"The amount would take today's total over the daily limit of "
-                        f"{self.settings.daily_limit}.",
-                        [{"field": "amount", "problem": "is over today's remaining limit"}])
+        return ApiError(
+            400,
+            "amount_over_limit",
+            f"The amount would take today's total over the daily limit of "
+            f"{self.settings.daily_limit}.",
+            [{"field": "amount", "problem": "is over today's remaining limit"}],
+        )
 
     async def get(self, provider: Provider, uuid: str) -> Claim:
         claim = await self.store.claim(provider.name, uuid)
@@ -178,8 +188,9 @@ class ClaimService:
             raise not_found("No claim with this id.")
         return claim
 
-    async def list(self, provider: Provider, *, status: str | None, limit: str | None,
-                   after: str | None) -> Page:
+    async def list(
+        self, provider: Provider, *, status: str | None, limit: str | None, after: str | None
+    ) -> Page:
         request = validation.page_request(status, (s.value for s in ClaimStatus), limit, after)
         return await self.store.list_claims(provider.name, request)
 
@@ -190,8 +201,11 @@ class ClaimService:
             await self.store.release_daily(provider.name, claim.day, claim.amount)
             return claim
         current = await self.get(provider, uuid)
-        raise ApiError(409, "not_cancellable",
-                       f"Only a pending claim can be cancelled; this one is {current.status}.")
+        raise ApiError(
+            409,
+            "not_cancellable",
+            f"Only a pending claim can be cancelled; this one is {current.status}.",
+        )
 
 
 def _by_day(claims: list[Claim], indexes: list[int]) -> dict[tuple[str, str], list[int]]:

@@ -80,8 +80,9 @@ class KeyRing:
         for number, entry in enumerate(entries, 1):
             kid, sep, b64 = entry.partition(":")
             if not sep or not _KID.match(kid):
-                raise ValueError(f"entry {number} must look like kid:base64key "
-                                 "(kid of letters, digits, _ or -)")
+                raise ValueError(
+                    f"entry {number} must look like kid:base64key (kid of letters, digits, _ or -)"
+                )
             try:
                 key = base64.b64decode(b64, validate=True)
             except (binascii.Error, ValueError):

@@ -38,8 +38,10 @@ def _free_port(host: str) -> int:
 def executable() -> str:
     found = shutil.which("secantusd-py") or str(Path(sys.executable).parent / "secantusd-py")
     if not os.path.exists(found):
-        raise RuntimeError("secantusd-py not found: install the SecantusDB package "
-                           "(pip install -r requirements.txt)")
+        raise RuntimeError(
+            "secantusd-py not found: install the SecantusDB package "
+            "(pip install -r requirements.txt)"
+        )
     return found
 
 
@@ -80,10 +82,22 @@ class EmbeddedDatabase:
             port = self.port or _free_port(self.host)
             logfile = open(self.dir / "db.log", "ab")
             self.process = subprocess.Popen(
-                [executable(), "--host", self.host, "--port", str(port),
-                 "--storage-path", str(self.dir / "db"), "--log-level", "WARNING"],
-                stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile,
-                preexec_fn=die_with_parent, start_new_session=True,
+                [
+                    executable(),
+                    "--host",
+                    self.host,
+                    "--port",
+                    str(port),
+                    "--storage-path",
+                    str(self.dir / "db"),
+                    "--log-level",
+                    "WARNING",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=logfile,
+                stderr=logfile,
+                preexec_fn=die_with_parent,
+                start_new_session=True,
             )
             logfile.close()
             while time.monotonic() < deadline and self.process.poll() is None:

@@ -28,7 +28,9 @@ def not_found(what: str = "not found") -> ApiError:
     return ApiError(404, "not_found", what)
 
 
-def invalid(field_name: str, problem: str, code: str = "invalid_request",
-            message: str | None = None) -> ApiError:
-    return ApiError(400, code, message or f"{field_name} {problem}",
-                    [{"field": field_name, "problem": problem}])
+def invalid(
+    field_name: str, problem: str, code: str = "invalid_request", message: str | None = None
+) -> ApiError:
+    return ApiError(
+        400, code, message or f"{field_name} {problem}", [{"field": field_name, "problem": problem}]
+    )

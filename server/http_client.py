@@ -24,8 +24,15 @@ class TornadoHttpClient:
             self._loop = loop
         return self._client
 
-    async def post_json(self, url: str, body: bytes, *, connect_timeout: float,
-                        request_timeout: float, ca_file: str | None) -> HttpReply:
+    async def post_json(
+        self,
+        url: str,
+        body: bytes,
+        *,
+        connect_timeout: float,
+        request_timeout: float,
+        ca_file: str | None,
+    ) -> HttpReply:
         request = HTTPRequest(
             url,
             method="POST",
@@ -42,8 +49,9 @@ class TornadoHttpClient:
         except Exception as exc:  # any network failure is a value for the gateway to judge
             detail, name = str(exc)[:200], type(exc).__name__
             return HttpReply(None, problem=f"{name}: {detail}" if detail else name)
-        return HttpReply(response.code, response.headers.get("Content-Type", ""),
-                         response.body or b"")
+        return HttpReply(
+            response.code, response.headers.get("Content-Type", ""), response.body or b""
+        )
 
     async def close(self) -> None:
         if self._client is not None:

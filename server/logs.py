@@ -40,8 +40,9 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
-                timespec="milliseconds").replace("+00:00", "Z"),
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -59,8 +60,9 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(MaskingFormatter(
-            "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"))
+        handler.setFormatter(
+            MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -79,9 +81,20 @@ def log_request(handler: RequestHandler) -> None:
     route = getattr(handler, "route", "?")
     method = handler.request.method or "?"
     duration = 1000.0 * handler.request.request_time()
-    access_log.log(level, "%s %s %d %.1fms", method, route, status, duration,
-                   extra={"method": method, "route": route, "status": status,
-                          "duration_ms": round(duration, 1)})
+    access_log.log(
+        level,
+        "%s %s %d %.1fms",
+        method,
+        route,
+        status,
+        duration,
+        extra={
+            "method": method,
+            "route": route,
+            "status": status,
+            "duration_ms": round(duration, 1),
+        },
+    )
     from server import metrics  # imported late: the multiprocess switch is set at start-up
 
     metrics.observe_request(method, route, status, duration / 1000.0)

@@ -71,8 +71,7 @@ async def shutdown(server: HTTPServer, services: Services, timeout: float) -> No
     deadline = time.monotonic() + timeout
     server.stop()
     if not await services.inflight.wait_idle(timeout):
-        log.warning("%d requests still running at the shutdown deadline",
-                    services.inflight.count)
+        log.warning("%d requests still running at the shutdown deadline", services.inflight.count)
     await services.payouts.stop(max(0.0, deadline - time.monotonic()))
     await services.webhooks.stop(max(0.0, deadline - time.monotonic()))
     try:
@@ -91,9 +90,15 @@ async def serve(settings: Settings) -> None:
         gateway = init_gateway(settings)
         services = Services.build(settings, store, keys, gateway)
         server, port = init_http(services)
-        log.info("cashout %s listening on http://%s:%d (gateway %s, database %s, pid %d)",
-                 settings.env, settings.host, port, settings.gateway,
-                 "embedded" if embedded else "external", os.getpid())
+        log.info(
+            "cashout %s listening on http://%s:%d (gateway %s, database %s, pid %d)",
+            settings.env,
+            settings.host,
+            port,
+            settings.gateway,
+            "embedded" if embedded else "external",
+            os.getpid(),
+        )
         services.payouts.start()
         services.webhooks.start()
         stop = asyncio.Event()
@@ -165,8 +170,9 @@ def supervise(settings: Settings) -> int:
             _mark_dead(pid)
             if not stopping:
                 restarts += 1
-                log.error("worker %d (pid %d) exited with status %d; restarting", index, pid,
-                          status)
+                log.error(
+                    "worker %d (pid %d) exited with status %d; restarting", index, pid, status
+                )
                 if restarts > MAX_RESTARTS:
                     log.error("too many restarts; stopping")
                     forward(signal.SIGTERM, None)
@@ -193,7 +199,6 @@ def main(settings: Settings) -> int:
         asyncio.run(serve(settings))
     except Exception as exc:  # start-up failed: say why in one line, details at debug
         log.debug("start-up failed", exc_info=True)
-        print(logs.mask(f"cashout: could not start: {type(exc).__name__}: {exc}"),
-              file=sys.stderr)
+        print(logs.mask(f"cashout: could not start: {type(exc).__name__}: {exc}"), file=sys.stderr)
         return 1
     return 0

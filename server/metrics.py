@@ -20,22 +20,32 @@ from server.models import SystemFigures
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-REQUESTS = Counter("cashout_http_requests_total", "HTTP requests answered",
-                   ["method", "route", "status"])
-LATENCY = Histogram("cashout_http_request_duration_seconds", "Time to answer a request",
-                    ["route"])
-PAYMENTS = Counter("cashout_payment_attempts_total",
-                   "Gateway calls for transfers and status queries, by outcome and code",
-                   ["gateway", "call", "outcome", "code"])
-PAYMENT_LATENCY = Histogram("cashout_payment_duration_seconds", "Time a gateway call took",
-                            ["gateway", "call"],
-                            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
-WEBHOOKS = Counter("cashout_webhook_attempts_total",
-                   "Webhook delivery attempts by result (delivered, retry, failed)",
-                   ["result"])
-BATCH_SIZE = Histogram("cashout_db_batch_size",
-                       "Requests sharing one database round trip (group commit)", ["batch"],
-                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+REQUESTS = Counter(
+    "cashout_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
+)
+LATENCY = Histogram("cashout_http_request_duration_seconds", "Time to answer a request", ["route"])
+PAYMENTS = Counter(
+    "cashout_payment_attempts_total",
+    "Gateway calls for transfers and status queries, by outcome and code",
+    ["gateway", "call", "outcome", "code"],
+)
+PAYMENT_LATENCY = Histogram(
+    "cashout_payment_duration_seconds",
+    "Time a gateway call took",
+    ["gateway", "call"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+WEBHOOKS = Counter(
+    "cashout_webhook_attempts_total",
+    "Webhook delivery attempts by result (delivered, retry, failed)",
+    ["result"],
+)
+BATCH_SIZE = Histogram(
+    "cashout_db_batch_size",
+    "Requests sharing one database round trip (group commit)",
+    ["batch"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 
 
 def observe_batch(name: str, size: int) -> None:
@@ -47,8 +57,9 @@ def observe_request(method: str, route: str, status: int, seconds: float) -> Non
     LATENCY.labels(route).observe(seconds)
 
 
-def observe_payment(gateway: str, call: str, outcome: str, code: int | None,
-                    seconds: float) -> None:
+def observe_payment(
+    gateway: str, call: str, outcome: str, code: int | None, seconds: float
+) -> None:
     PAYMENTS.labels(gateway, call, outcome, "none" if code is None else str(code)).inc()
     PAYMENT_LATENCY.labels(gateway, call).observe(seconds)
 
@@ -63,17 +74,22 @@ class _Figures:
         for status, count in sorted(f.claims_by_status.items()):
             claims.add_metric([status], count)
         yield claims
-        yield GaugeMetricFamily("cashout_reconcile_backlog",
-                                "Processing claims whose attempt lease has run out",
-                                value=f.reconcile_backlog)
-        events = GaugeMetricFamily("cashout_webhook_events", "Outbox events by status",
-                                   labels=["status"])
+        yield GaugeMetricFamily(
+            "cashout_reconcile_backlog",
+            "Processing claims whose attempt lease has run out",
+            value=f.reconcile_backlog,
+        )
+        events = GaugeMetricFamily(
+            "cashout_webhook_events", "Outbox events by status", labels=["status"]
+        )
         for status, count in sorted(f.events_by_status.items()):
             events.add_metric([status], count)
         yield events
-        yield GaugeMetricFamily("cashout_webhook_outbox_lag_seconds",
-                                "Age of the oldest undelivered webhook event",
-                                value=f.outbox_lag_seconds)
+        yield GaugeMetricFamily(
+            "cashout_webhook_outbox_lag_seconds",
+            "Age of the oldest undelivered webhook event",
+            value=f.outbox_lag_seconds,
+        )
 
 
 def render(figures: SystemFigures) -> bytes:

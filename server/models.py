@@ -26,8 +26,9 @@ class ClaimStatus(enum.StrEnum):
         return self in TERMINAL
 
 
-TERMINAL = frozenset({ClaimStatus.SUCCEEDED, ClaimStatus.FAILED, ClaimStatus.EXPIRED,
-                      ClaimStatus.CANCELLED})
+TERMINAL = frozenset(
+    {ClaimStatus.SUCCEEDED, ClaimStatus.FAILED, ClaimStatus.EXPIRED, ClaimStatus.CANCELLED}
+)
 
 
 def utcnow() -> datetime:
@@ -86,8 +87,11 @@ class Provider:
             "created_at": rfc3339(self.created_at),
             "updated_at": rfc3339(self.updated_at),
             "webhook_secrets": [
-                {"id": s.secret_id, "created_at": rfc3339(s.created_at),
-                 "expires_at": rfc3339(s.expires_at)}
+                {
+                    "id": s.secret_id,
+                    "created_at": rfc3339(s.created_at),
+                    "expires_at": rfc3339(s.expires_at),
+                }
                 for s in self.secrets
             ],
         }
@@ -189,8 +193,12 @@ class Delivery:
     error: str | None = None
 
     def public(self) -> dict[str, Any]:
-        return {"at": rfc3339(self.at), "http_status": self.http_status,
-                "latency_ms": self.latency_ms, "error": self.error}
+        return {
+            "at": rfc3339(self.at),
+            "http_status": self.http_status,
+            "latency_ms": self.latency_ms,
+            "error": self.error,
+        }
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,14 @@ TerminalHook = Callable[[Claim], Awaitable[None]]
 
 
 class PayoutEngine:
-    def __init__(self, settings: Settings, store: Store, keys: KeyRing, gateway: Gateway,
-                 providers: ProviderService):
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        keys: KeyRing,
+        gateway: Gateway,
+        providers: ProviderService,
+    ):
         self.settings = settings
         self.store = store
         self.keys = keys
@@ -70,16 +76,28 @@ class PayoutEngine:
         pan = validation.normalise_pan(pan_text) if isinstance(pan_text, str) else None
         if pan is None:
             digits = "".join(ch for ch in str(pan_text) if ch.isdigit())
-            problem = ("is not valid; check the digits" if len(digits) in (16, 19)
-                       else "must be 16 or 19 digits")
-            raise ApiError(400, "invalid_card", f"The card number {problem}.",
-                           [{"field": "pan", "problem": problem}])
+            problem = (
+                "is not valid; check the digits"
+                if len(digits) in (16, 19)
+                else "must be 16 or 19 digits"
+            )
+            raise ApiError(
+                400,
+                "invalid_card",
+                f"The card number {problem}.",
+                [{"field": "pan", "problem": problem}],
+            )
         now = utcnow()
         attempt = Attempt(tran_uuid=str(uuidlib.uuid4()), started_at=now, card_last4=pan[-4:])
         sealed = self.keys.seal(pan, aad("claims", uuid, "card.pan"))
-        claim = await self.store.begin_attempt(provider, uuid, card=sealed, attempt=attempt,
-                                               lease_until=now + self._lease(),
-                                               max_attempts=MAX_ATTEMPTS)
+        claim = await self.store.begin_attempt(
+            provider,
+            uuid,
+            card=sealed,
+            attempt=attempt,
+            lease_until=now + self._lease(),
+            max_attempts=MAX_ATTEMPTS,
+        )
         if claim is None:
             raise await self._why_not_claimable(provider, uuid)
         log.info("claim %s… claimed, attempt %d", uuid[:8], len(claim.attempts))
@@ -95,8 +113,9 @@ class PayoutEngine:
             return ApiError(410, "claim_expired", "This claim has expired.")
         if claim.status is ClaimStatus.CANCELLED:
             return ApiError(410, "claim_cancelled", "This claim was cancelled.")
-        return ApiError(409, "already_claimed",
-                        f"This claim has already been submitted; it is {claim.status}.")
+        return ApiError(
+            409, "already_claimed", f"This claim has already been submitted; it is {claim.status}."
+        )
 
     async def customer_claim(self, provider: str, uuid: str) -> Claim | None:
         """The claim behind a claim link, expired first if its time has passed."""
@@ -126,9 +145,14 @@ class PayoutEngine:
             request = await self._request(claim, attempt)
         except DecryptionError:
             log.error("claim %s…: a stored card does not decrypt; failing it", claim.uuid[:8])
-            await self._apply(claim, index, TransferResult(
-                Outcome.DECLINED, attempt.tran_uuid, None,
-                "The payout card could not be used."), definitive=True)
+            await self._apply(
+                claim,
+                index,
+                TransferResult(
+                    Outcome.DECLINED, attempt.tran_uuid, None, "The payout card could not be used."
+                ),
+                definitive=True,
+            )
             return
         # Sending needs a live lease: the one set when the attempt began may have run out
         # (a slow database since) and reconciliation, finding nothing at the switch, started
@@ -137,12 +161,16 @@ class PayoutEngine:
         asked = utcnow()
         renewed = await self.store.renew_lease(claim, asked + self._lease())
         if not renewed or utcnow() - asked >= SEND_MARGIN:
-            log.warning("claim %s… attempt %d: lease not renewed in time; left to "
-                        "reconciliation", claim.uuid[:8], index + 1)
+            log.warning(
+                "claim %s… attempt %d: lease not renewed in time; left to reconciliation",
+                claim.uuid[:8],
+                index + 1,
+            )
             return
         result = await self.gateway.transfer(request)
-        log.info("claim %s… attempt %d: %s %s", claim.uuid[:8], index + 1, result.outcome,
-                 result.code)
+        log.info(
+            "claim %s… attempt %d: %s %s", claim.uuid[:8], index + 1, result.outcome, result.code
+        )
         await self._apply(claim, index, result)
 
     async def _request(self, claim: Claim, attempt: Attempt) -> TransferRequest:
@@ -153,8 +181,9 @@ class PayoutEngine:
         to_pan = self.keys.open(claim.card_pan, aad("claims", claim.uuid, "card.pan"))
         return TransferRequest(attempt.tran_uuid, paying, to_pan, claim.amount)
 
-    def _settlement(self, claim: Claim, index: int, result: TransferResult,
-                    definitive: bool) -> Settlement:
+    def _settlement(
+        self, claim: Claim, index: int, result: TransferResult, definitive: bool
+    ) -> Settlement:
         """The outcome table of DESIGN.md section 6."""
         # The switch's own words are stored and shown to the provider: mask any card number.
         result = replace(result, message=mask(result.message))
@@ -162,33 +191,57 @@ class PayoutEngine:
         used = index + 1
         attempt = claim.attempts[index]
         if result.outcome is Outcome.APPROVED:
-            return Settlement(AttemptOutcome.APPROVED, ClaimStatus.SUCCEEDED, now, result.code,
-                              result.message or "Approved", reference=result.reference)
+            return Settlement(
+                AttemptOutcome.APPROVED,
+                ClaimStatus.SUCCEEDED,
+                now,
+                result.code,
+                result.message or "Approved",
+                reference=result.reference,
+            )
         if result.outcome is Outcome.DECLINED:
             retry = result.customer_fixable and used < MAX_ATTEMPTS and not definitive
-            return Settlement(AttemptOutcome.DECLINED,
-                              ClaimStatus.PENDING if retry else ClaimStatus.FAILED,
-                              now, result.code, result.message or "Declined")
+            return Settlement(
+                AttemptOutcome.DECLINED,
+                ClaimStatus.PENDING if retry else ClaimStatus.FAILED,
+                now,
+                result.code,
+                result.message or "Declined",
+            )
         old_enough = now - attempt.started_at >= timedelta(seconds=self.settings.settle_grace)
         if result.outcome is Outcome.NOT_FOUND and old_enough:
             if used < MAX_ATTEMPTS:  # nothing moved: try again with a fresh UUID
                 fresh = Attempt(str(uuidlib.uuid4()), now, attempt.card_last4)
-                return Settlement(AttemptOutcome.NOT_FOUND, ClaimStatus.PROCESSING, now,
-                                  None, NOT_FOUND_MESSAGE, lease_until=now + self._lease(),
-                                  next_attempt=fresh)
-            return Settlement(AttemptOutcome.NOT_FOUND, ClaimStatus.FAILED, now, None,
-                              NOT_FOUND_MESSAGE)
+                return Settlement(
+                    AttemptOutcome.NOT_FOUND,
+                    ClaimStatus.PROCESSING,
+                    now,
+                    None,
+                    NOT_FOUND_MESSAGE,
+                    lease_until=now + self._lease(),
+                    next_attempt=fresh,
+                )
+            return Settlement(
+                AttemptOutcome.NOT_FOUND, ClaimStatus.FAILED, now, None, NOT_FOUND_MESSAGE
+            )
         # No clear answer (or "not found" too soon to believe): ask again later.
         recheck = min(self.settings.reconcile_interval, self.settings.attempt_lease)
-        return Settlement(AttemptOutcome.UNKNOWN, ClaimStatus.PROCESSING, now, result.code,
-                          result.message or "Awaiting the switch's answer",
-                          lease_until=now + timedelta(seconds=recheck))
+        return Settlement(
+            AttemptOutcome.UNKNOWN,
+            ClaimStatus.PROCESSING,
+            now,
+            result.code,
+            result.message or "Awaiting the switch's answer",
+            lease_until=now + timedelta(seconds=recheck),
+        )
 
-    async def _apply(self, claim: Claim, index: int, result: TransferResult,
-                     definitive: bool = False) -> Claim | None:
+    async def _apply(
+        self, claim: Claim, index: int, result: TransferResult, definitive: bool = False
+    ) -> Claim | None:
         settlement = self._settlement(claim, index, result, definitive)
-        updated = await self.store.settle(claim.uuid, index, claim.attempts[index].tran_uuid,
-                                          settlement)
+        updated = await self.store.settle(
+            claim.uuid, index, claim.attempts[index].tran_uuid, settlement
+        )
         if updated is None:
             return None  # settled by someone else first
         if settlement.next_attempt is not None:
@@ -220,8 +273,13 @@ class PayoutEngine:
                     log.warning("claim %s… processing with a settled attempt", taken.uuid[:8])
                     return
                 result = await self.gateway.status(attempt.tran_uuid)
-                log.info("claim %s… reconciled attempt %d: %s %s", taken.uuid[:8], index + 1,
-                         result.outcome, result.code)
+                log.info(
+                    "claim %s… reconciled attempt %d: %s %s",
+                    taken.uuid[:8],
+                    index + 1,
+                    result.outcome,
+                    result.code,
+                )
                 await self._apply(taken, index, result)
 
         await asyncio.gather(*(one(c) for c in due))

@@ -36,8 +36,11 @@ class ProviderService:
         self.keys = keys
         self.gateway = gateway
         self._lookups: Batcher[str, Provider | None] = Batcher(
-            "authenticate", self._find_keys, max_batch=settings.db_batch,
-            observe=metrics.observe_batch)
+            "authenticate",
+            self._find_keys,
+            max_batch=settings.db_batch,
+            observe=metrics.observe_batch,
+        )
 
     # -- sealing ---------------------------------------------------------------------------
 
@@ -78,12 +81,19 @@ class ProviderService:
         result = await self.gateway.verify_card(Card(body["pan"], body["expDate"], body["ipin"]))
         if result is not None and not result.ok and result.code is None:
             # No answer from the switch says nothing about the card: try again later.
-            raise ApiError(503, "unavailable",
-                           "The payment switch could not check the card; try again shortly.")
+            raise ApiError(
+                503,
+                "unavailable",
+                "The payment switch could not check the card; try again shortly.",
+            )
         if result is not None and not result.ok:
             reason = mask(result.message) or "the card was not accepted"
-            raise ApiError(400, "card_rejected", f"The card was rejected: {reason}",
-                           [{"field": "pan", "problem": "was rejected by the payment switch"}])
+            raise ApiError(
+                400,
+                "card_rejected",
+                f"The card was rejected: {reason}",
+                [{"field": "pan", "problem": "was rejected by the payment switch"}],
+            )
 
     # -- operations ------------------------------------------------------------------------
 
@@ -119,8 +129,9 @@ class ProviderService:
         scheme, _, token = (authorization or "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token or len(token) > 256:
-            raise ApiError(401, "unauthorized", "Send your API key as 'Authorization: Bearer "
-                                                "<api_key>'.")
+            raise ApiError(
+                401, "unauthorized", "Send your API key as 'Authorization: Bearer <api_key>'."
+            )
         key_hash = hash_api_key(token)
         provider = await self._lookups.submit(key_hash)
         if provider is None or not same_hash(provider.key_hash, key_hash):
@@ -143,8 +154,9 @@ class ProviderService:
             validation.check_card(body)
             await self._verify(body)
             card = self._seal_card(provider.name, body["pan"], body["expDate"], body["ipin"])
-        updated = await self.store.update_provider(provider.name, updated_at=utcnow(),
-                                                   endpoint=endpoint, card=card)
+        updated = await self.store.update_provider(
+            provider.name, updated_at=utcnow(), endpoint=endpoint, card=card
+        )
         if updated is None:
             raise not_found("No such provider.")
         return updated
@@ -152,10 +164,12 @@ class ProviderService:
     async def rotate(self, provider: Provider, body: Any) -> tuple[Credentials, Provider]:
         body = validation.check("rotate_keys", body)
         if not (body.get("api_key") or body.get("webhook_secret")):
-            raise ApiError(400, "invalid_request",
-                           "Name what to rotate: {\"api_key\": true} and/or "
-                           "{\"webhook_secret\": true}.",
-                           [{"field": "(body)", "problem": "must set api_key or webhook_secret"}])
+            raise ApiError(
+                400,
+                "invalid_request",
+                'Name what to rotate: {"api_key": true} and/or {"webhook_secret": true}.',
+                [{"field": "(body)", "problem": "must set api_key or webhook_secret"}],
+            )
         now = utcnow()
         api_key = secret = None
         key_hash = secrets = None
@@ -166,14 +180,16 @@ class ProviderService:
             secret, fresh = self._new_secret(provider.name)
             # The old secrets keep signing for a day so receivers can switch without a gap.
             kept = tuple(
-                WebhookSecret(s.secret_id, s.secret, s.created_at,
-                              s.expires_at or now + SECRET_OVERLAP)
+                WebhookSecret(
+                    s.secret_id, s.secret, s.created_at, s.expires_at or now + SECRET_OVERLAP
+                )
                 for s in provider.secrets
                 if s.expires_at is None or s.expires_at > now
             )
             secrets = (fresh, *kept)
-        updated = await self.store.update_provider(provider.name, updated_at=now,
-                                                   key_hash=key_hash, secrets=secrets)
+        updated = await self.store.update_provider(
+            provider.name, updated_at=now, key_hash=key_hash, secrets=secrets
+        )
         if updated is None:
             raise not_found("No such provider.")
         return Credentials(api_key=api_key, webhook_secret=secret), updated

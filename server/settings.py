@@ -74,25 +74,45 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_claim_ttl", 30 * 24 * 3600, int, "largest expires_in a provider may ask for"),
     Option("max_body_bytes", 64 * 1024, int, "largest request body accepted"),
     Option("reconcile_interval", 30.0, float, "seconds between reconciliation and expiry runs"),
-    Option("attempt_lease", 300.0, float,
-           "seconds a transfer attempt may run before reconciliation asks the gateway"),
-    Option("settle_grace", 60.0, float,
-           "seconds after an attempt started before 'no such transaction' is believed"),
+    Option(
+        "attempt_lease",
+        300.0,
+        float,
+        "seconds a transfer attempt may run before reconciliation asks the gateway",
+    ),
+    Option(
+        "settle_grace",
+        60.0,
+        float,
+        "seconds after an attempt started before 'no such transaction' is believed",
+    ),
     Option("webhook_timeout", 10.0, float, "seconds a webhook endpoint has to answer"),
-    Option("webhook_retry_schedule", "5,300,1800,7200,18000,36000,36000,86400,86400", str,
-           "seconds between webhook attempts (comma-separated); then the event fails"),
+    Option(
+        "webhook_retry_schedule",
+        "5,300,1800,7200,18000,36000,36000,86400,86400",
+        str,
+        "seconds between webhook attempts (comma-separated); then the event fails",
+    ),
     Option("webhook_sweep_interval", 2.0, float, "seconds between webhook outbox sweeps"),
     Option("webhook_concurrency", 32, int, "webhook deliveries in flight at once, in all"),
     Option("webhook_per_provider", 4, int, "webhook deliveries in flight for one provider"),
     Option("embedded_db_port", 0, int, "port of the embedded database (0 picks a free one)"),
     Option("db_timeout_ms", 5000, int, "how long a database call may wait for the server"),
-    Option("db_batch", 256, int,
-           "most requests that share one database round trip (group commit); 1 = none"),
+    Option(
+        "db_batch",
+        256,
+        int,
+        "most requests that share one database round trip (group commit); 1 = none",
+    ),
     Option("log_level", "info", str, "debug, info, warning or error"),
     Option("log_format", "text", str, "text or json (one JSON object per line)"),
     Option("processes", 1, int, "server processes sharing the port (reuse_port)"),
-    Option("shutdown_timeout", 20.0, float,
-           "seconds SIGTERM waits for in-flight requests and transfers"),
+    Option(
+        "shutdown_timeout",
+        20.0,
+        float,
+        "seconds SIGTERM waits for in-flight requests and transfers",
+    ),
 )
 
 
@@ -164,14 +184,18 @@ class SettingsError(Exception):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for opt in OPTIONS:
-        parser.add_argument(opt.flag, dest=opt.name, default=argparse.SUPPRESS,
-                            metavar=opt.name.upper(),
-                            help=f"{opt.help} (${opt.env}, default {opt.default!r})"
-                            .replace("%", "%%"))
+        parser.add_argument(
+            opt.flag,
+            dest=opt.name,
+            default=argparse.SUPPRESS,
+            metavar=opt.name.upper(),
+            help=f"{opt.help} (${opt.env}, default {opt.default!r})".replace("%", "%%"),
+        )
 
 
-def load(args: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
-         ) -> Settings:
+def load(
+    args: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
     """Build Settings from parsed flags and the environment, or raise SettingsError."""
     environ = os.environ if environ is None else environ
     args = args or {}
@@ -225,8 +249,14 @@ def validate(s: Settings) -> list[str]:
     url = urlsplit(s.public_url)
     if url.scheme not in ("http", "https") or not url.hostname:
         p.append(f"CASHOUT_PUBLIC_URL: {s.public_url!r} must be an absolute http(s) URL")
-    for name in ("max_claim_amount", "daily_limit", "claim_ttl", "max_claim_ttl",
-                 "max_body_bytes", "db_timeout_ms"):
+    for name in (
+        "max_claim_amount",
+        "daily_limit",
+        "claim_ttl",
+        "max_claim_ttl",
+        "max_body_bytes",
+        "db_timeout_ms",
+    ):
         if getattr(s, name) < 1:
             p.append(f"CASHOUT_{name.upper()}: must be at least 1")
     if not 1 <= s.db_batch <= 1000:
@@ -282,11 +312,16 @@ def validate(s: Settings) -> list[str]:
         p.append("CASHOUT_RECONCILE_INTERVAL / CASHOUT_SETTLE_GRACE: must be positive")
     # An EBS transfer may take four requests: fetch the key, send, and after a PIN-block
     # error fetch the key again and resend.
-    call_time = (4 * (s.ebs_connect_timeout + s.ebs_request_timeout) if s.gateway == "ebs"
-                 else s.mock_latency_ms / 1000)
+    call_time = (
+        4 * (s.ebs_connect_timeout + s.ebs_request_timeout)
+        if s.gateway == "ebs"
+        else s.mock_latency_ms / 1000
+    )
     if s.attempt_lease <= call_time + 1:
-        p.append(f"CASHOUT_ATTEMPT_LEASE: must be longer than a gateway call can take "
-                 f"({call_time:.0f}s) plus a second, or reconciliation could race a live call")
+        p.append(
+            f"CASHOUT_ATTEMPT_LEASE: must be longer than a gateway call can take "
+            f"({call_time:.0f}s) plus a second, or reconciliation could race a live call"
+        )
     if s.ebs_connect_timeout <= 0 or s.ebs_request_timeout <= 0:
         p.append("CASHOUT_EBS_*_TIMEOUT: must be positive")
     if s.production:

@@ -30,8 +30,14 @@ DEFAULT_PAGE = 20
 MAX_PAGE = 100
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 _DIGIT_RUN = re.compile(r"\d{6,}")
-_TYPE_WORDS = {"integer": "an integer", "string": "a string", "boolean": "true or false",
-               "object": "a JSON object", "array": "a list", "number": "a number"}
+_TYPE_WORDS = {
+    "integer": "an integer",
+    "string": "a string",
+    "boolean": "true or false",
+    "object": "a JSON object",
+    "array": "a list",
+    "number": "a number",
+}
 
 
 @lru_cache(maxsize=1)
@@ -63,8 +69,10 @@ def _strict_integer(checker: Any, instance: Any) -> bool:
 
 
 StrictValidator = validators.extend(
-    Draft202012Validator, validators={"pattern": _ecma_pattern},
-    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _strict_integer))
+    Draft202012Validator,
+    validators={"pattern": _ecma_pattern},
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _strict_integer),
+)
 
 
 @cache
@@ -85,16 +93,26 @@ def _problem(error: ValidationError) -> list[dict[str, str]]:
     instance = error.instance
     if kind == "required":
         missing = [r for r in value if isinstance(instance, dict) and r not in instance]
-        return [{"field": "/".join(filter(None, [path, m])), "problem": "is required"}
-                for m in missing]
+        return [
+            {"field": "/".join(filter(None, [path, m])), "problem": "is required"} for m in missing
+        ]
     if kind == "additionalProperties":
         known = set(schema.get("properties", {}))
         extra = sorted(k for k in instance if k not in known) if isinstance(instance, dict) else []
-        return [{"field": "/".join(filter(None, [path, _safe_name(k)])),
-                 "problem": "is not a known field"} for k in extra]
+        return [
+            {
+                "field": "/".join(filter(None, [path, _safe_name(k)])),
+                "problem": "is not a known field",
+            }
+            for k in extra
+        ]
     if kind == "dependentRequired":
-        return [{"field": path or "(body)",
-                 "problem": "pan, expDate, ipin and consent must be given together"}]
+        return [
+            {
+                "field": path or "(body)",
+                "problem": "pan, expDate, ipin and consent must be given together",
+            }
+        ]
     field = path or "(body)"
     if kind == "type":
         types = value if isinstance(value, list) else [value]
@@ -142,8 +160,12 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_request", "The request body must be a JSON object.",
-                       [{"field": "(body)", "problem": "must be a JSON object"}])
+        raise ApiError(
+            400,
+            "invalid_request",
+            "The request body must be a JSON object.",
+            [{"field": "(body)", "problem": "must be a JSON object"}],
+        )
     _check_text(body, "")
     return body
 
@@ -181,24 +203,30 @@ def normalise_pan(text: str) -> str | None:
 def check_card(body: Mapping[str, Any], now: datetime | None = None) -> None:
     """What the schema cannot say about a paying card: consent, Luhn, expiry."""
     if body.get("consent") is not True:
-        raise invalid("consent", "must be true", code="consent_required",
-                      message="The provider must consent to debits from this card.")
+        raise invalid(
+            "consent",
+            "must be true",
+            code="consent_required",
+            message="The provider must consent to debits from this card.",
+        )
     if not luhn_ok(body["pan"]):
         raise invalid("pan", "is not a valid card number (check digit)")
     now = now or datetime.now(UTC)
     exp = body["expDate"]
     year, month = 2000 + int(exp[:2]), int(exp[2:])
     if (year, month) < (now.year, now.month):
-        raise invalid("expDate", "is in the past", code="card_expired",
-                      message="The card has expired.")
+        raise invalid(
+            "expDate", "is in the past", code="card_expired", message="The card has expired."
+        )
 
 
 def check_endpoint(url: str, production: bool) -> str:
     """An absolute http(s) webhook URL; production also refuses http and private hosts."""
 
     def bad(problem: str) -> ApiError:
-        return invalid("endpoint", problem, code="invalid_endpoint",
-                       message=f"The webhook endpoint {problem}.")
+        return invalid(
+            "endpoint", problem, code="invalid_endpoint", message=f"The webhook endpoint {problem}."
+        )
 
     try:
         parts = urlsplit(url)
@@ -230,8 +258,9 @@ def _is_internal_ip(host: str) -> bool:
     return not addr.is_global or addr.is_multicast
 
 
-def page_request(status: str | None, statuses: Iterable[str], limit: str | None,
-                 after: str | None) -> PageRequest:
+def page_request(
+    status: str | None, statuses: Iterable[str], limit: str | None, after: str | None
+) -> PageRequest:
     """The ``status``, ``limit`` and ``after`` query parameters of a list route."""
     allowed = list(statuses)
     if status is not None and status not in allowed:

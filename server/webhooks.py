@@ -112,8 +112,9 @@ class PublicOnlyResolver(Resolver):
     def initialize(self) -> None:
         self._inner = DefaultExecutorResolver()
 
-    async def resolve(self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC
-                      ) -> list[tuple[int, Any]]:
+    async def resolve(
+        self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC
+    ) -> list[tuple[int, Any]]:
         results = await self._inner.resolve(host, port, family)
         public = [(fam, addr) for fam, addr in results if is_public_address(addr[0])]
         if not public:
@@ -136,11 +137,14 @@ class WebhookSender:
         self.providers = providers
         self.schedule = settings.retry_schedule
         self.client = AsyncHTTPClient(
-            force_instance=True, max_clients=settings.webhook_concurrency,
-            resolver=PublicOnlyResolver() if settings.production else None)
+            force_instance=True,
+            max_clients=settings.webhook_concurrency,
+            resolver=PublicOnlyResolver() if settings.production else None,
+        )
         self._all = asyncio.Semaphore(settings.webhook_concurrency)
         self._per_provider: defaultdict[str, asyncio.Semaphore] = defaultdict(
-            lambda: asyncio.Semaphore(settings.webhook_per_provider))
+            lambda: asyncio.Semaphore(settings.webhook_per_provider)
+        )
         self._in_flight: set[str] = set()
         self.background = Background("webhooks")
 
@@ -150,19 +154,25 @@ class WebhookSender:
         """The payouts engine's terminal hook: write the claim's event, then send it."""
         if claim.status not in NOTIFIED:
             return
-        event = self._event(claim.provider, event_id_for(claim.uuid), claim.uuid,
-                            payload(claim))
+        event = self._event(claim.provider, event_id_for(claim.uuid), claim.uuid, payload(claim))
         await self.store.insert_event(event)
         await self.store.event_written(claim.uuid)
         self.background.spawn(self.deliver(event.event_id, claim.provider))
 
-    def _event(self, provider: str, event_id: str, claim: str | None,
-               body: dict[str, Any]) -> WebhookEvent:
+    def _event(
+        self, provider: str, event_id: str, claim: str | None, body: dict[str, Any]
+    ) -> WebhookEvent:
         now = utcnow()
-        return WebhookEvent(event_id=event_id, provider=provider, claim=claim,
-                            body=json.dumps(body, separators=(",", ":")),
-                            status=EventStatus.PENDING, created_at=now, next_attempt_at=now,
-                            tries=0)
+        return WebhookEvent(
+            event_id=event_id,
+            provider=provider,
+            claim=claim,
+            body=json.dumps(body, separators=(",", ":")),
+            status=EventStatus.PENDING,
+            created_at=now,
+            next_attempt_at=now,
+            tries=0,
+        )
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -184,30 +194,41 @@ class WebhookSender:
                 attempt, retry_after = await self._send(provider, event)
                 status, next_at = self._next(event, attempt, retry_after)
                 if not await self.store.record_delivery(event, attempt, status, next_at):
-                    log.warning("event %s: lease lost before the attempt was recorded",
-                                event_id)
-                metrics.WEBHOOKS.labels("retry" if status is EventStatus.PENDING
-                                        else str(status)).inc()
-                log.info("webhook %s attempt %d: %s %s", event_id, event.tries + 1,
-                         attempt.http_status or "-", status)
+                    log.warning("event %s: lease lost before the attempt was recorded", event_id)
+                metrics.WEBHOOKS.labels(
+                    "retry" if status is EventStatus.PENDING else str(status)
+                ).inc()
+                log.info(
+                    "webhook %s attempt %d: %s %s",
+                    event_id,
+                    event.tries + 1,
+                    attempt.http_status or "-",
+                    status,
+                )
         finally:
             self._in_flight.discard(event_id)
 
-    async def _send(self, provider: Provider, event: WebhookEvent
-                    ) -> tuple[Delivery, float | None]:
+    async def _send(self, provider: Provider, event: WebhookEvent) -> tuple[Delivery, float | None]:
         timestamp = int(time.time())
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "cashout-webhooks/1",
             "webhook-id": event.event_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(self.providers.open_secrets(provider), event.event_id,
-                                      timestamp, event.body),
+            "webhook-signature": sign(
+                self.providers.open_secrets(provider), event.event_id, timestamp, event.body
+            ),
         }
-        request = HTTPRequest(provider.endpoint, method="POST", headers=headers,
-                              body=event.body, connect_timeout=self.settings.webhook_timeout,
-                              request_timeout=self.settings.webhook_timeout,
-                              follow_redirects=False, validate_cert=True)
+        request = HTTPRequest(
+            provider.endpoint,
+            method="POST",
+            headers=headers,
+            body=event.body,
+            connect_timeout=self.settings.webhook_timeout,
+            request_timeout=self.settings.webhook_timeout,
+            follow_redirects=False,
+            validate_cert=True,
+        )
         started = time.monotonic()
         at = utcnow()
         status: int | None = None
@@ -224,8 +245,9 @@ class WebhookSender:
         latency = int((time.monotonic() - started) * 1000)
         return Delivery(at, status, latency, error), retry_after
 
-    def _next(self, event: WebhookEvent, attempt: Delivery, retry_after: float | None
-              ) -> tuple[EventStatus, datetime | None]:
+    def _next(
+        self, event: WebhookEvent, attempt: Delivery, retry_after: float | None
+    ) -> tuple[EventStatus, datetime | None]:
         """2xx delivers; 410 stops; anything else waits for the next slot of the schedule
         (with jitter, and no sooner than Retry-After), until the schedule runs out."""
         code = attempt.http_status
@@ -257,8 +279,9 @@ class WebhookSender:
 
     # -- the provider's controls -----------------------------------------------------------
 
-    async def list(self, provider: Provider, *, status: str | None, limit: str | None,
-                   after: str | None) -> dict[str, Any]:
+    async def list(
+        self, provider: Provider, *, status: str | None, limit: str | None, after: str | None
+    ) -> dict[str, Any]:
         request = validation.page_request(status, (s.value for s in EventStatus), limit, after)
         events, next_cursor = await self.store.list_events(provider.name, request)
         return {"events": [e.public() for e in events], "next": next_cursor}
@@ -272,9 +295,18 @@ class WebhookSender:
 
     async def send_test(self, provider: Provider) -> WebhookEvent:
         event_id = "evt_test_" + uuidlib.uuid4().hex
-        body = {"name": provider.name, "id": "test", "uuid": str(uuidlib.uuid4()),
-                "status": "test", "details": {"response": "Test event", "code": 0,
-                                              "time": rfc3339(utcnow()), "amount": 0}}
+        body = {
+            "name": provider.name,
+            "id": "test",
+            "uuid": str(uuidlib.uuid4()),
+            "status": "test",
+            "details": {
+                "response": "Test event",
+                "code": 0,
+                "time": rfc3339(utcnow()),
+                "amount": 0,
+            },
+        }
         event = self._event(provider.name, event_id, None, body)
         if not await self.store.insert_event(event):  # pragma: no cover - random id
             raise ApiError(409, "conflict", "Try again.")

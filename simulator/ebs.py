@@ -125,8 +125,16 @@ FAULT_HTTP_500 = "0095"
 FAULT_CARDS = frozenset({FAULT_HTML, FAULT_CONTENT_TYPE, FAULT_HTTP_500})
 
 KNOWN_FIELDS = (
-    "applicationId", "tranDateTime", "UUID", "PAN", "IPIN", "expDate", "tranAmount",
-    "tranCurrencyCode", "toCard", "originalTranUUID",
+    "applicationId",
+    "tranDateTime",
+    "UUID",
+    "PAN",
+    "IPIN",
+    "expDate",
+    "tranAmount",
+    "tranCurrencyCode",
+    "toCard",
+    "originalTranUUID",
 )
 _KNOWN_LOWER = {f.lower(): f for f in KNOWN_FIELDS}
 COMMON = ("applicationId", "tranDateTime", "UUID")
@@ -207,9 +215,9 @@ class SimState:
         except (ValueError, TypeError):
             return None
         prefix = request_uuid.encode("ascii")
-        if not plain.startswith(prefix) or not _PLAIN_IPIN_RE.match(plain[len(prefix):]):
+        if not plain.startswith(prefix) or not _PLAIN_IPIN_RE.match(plain[len(prefix) :]):
             return None
-        return plain[len(prefix):].decode("ascii")
+        return plain[len(prefix) :].decode("ascii")
 
 
 def load_or_create_key(path: Path, bits: int) -> RSA.RsaKey:
@@ -236,18 +244,24 @@ class _JsonHandler(tornado.web.RequestHandler):
     def initialize(self, state: SimState) -> None:
         self.state = state
 
-    def send_json(self, payload: Any, status: int = 200,
-                  content_type: str = "application/json") -> None:
+    def send_json(
+        self, payload: Any, status: int = 200, content_type: str = "application/json"
+    ) -> None:
         self.set_status(status)
         self.set_header("Content-Type", content_type)
         self.finish(json.dumps(payload))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({
-            "responseCode": status_code, "responseMessage": self._reason,
-            "responseStatus": "Failed",
-        }))
+        self.finish(
+            json.dumps(
+                {
+                    "responseCode": status_code,
+                    "responseMessage": self._reason,
+                    "responseStatus": "Failed",
+                }
+            )
+        )
 
 
 class ConsumerHandler(_JsonHandler):
@@ -273,8 +287,11 @@ class ConsumerHandler(_JsonHandler):
             "application/json"
         )
         if endpoint not in REQUIRED:
-            self._reply_raw(entry, 404, {"responseCode": 404, "responseMessage": "Not found",
-                                         "responseStatus": "Failed"})
+            self._reply_raw(
+                entry,
+                404,
+                {"responseCode": 404, "responseMessage": "Not found", "responseStatus": "Failed"},
+            )
             return
         try:
             body = json.loads(self.request.body)
@@ -282,11 +299,16 @@ class ConsumerHandler(_JsonHandler):
             body = None
         if not entry["content_type_ok"] or not isinstance(body, dict):
             entry["fields"] = sorted(body) if isinstance(body, dict) else None
-            self._reply_raw(entry, 400, {
-                "responseCode": BAD_REQUEST, "responseStatus": "Failed",
-                "responseMessage": "Bad request: the body must be a JSON object sent as"
-                " application/json",
-            })
+            self._reply_raw(
+                entry,
+                400,
+                {
+                    "responseCode": BAD_REQUEST,
+                    "responseStatus": "Failed",
+                    "responseMessage": "Bad request: the body must be a JSON object sent as"
+                    " application/json",
+                },
+            )
             return
         await self._handle(endpoint, body, entry)
 
@@ -358,8 +380,11 @@ class ConsumerHandler(_JsonHandler):
             entry["ipin_matches_account"] = state.switch.ipin_matches(body["PAN"], ipin)
             extra: dict[str, Any] = {}
             if check.ok:
-                extra["balance"] = {"available": check.balance, "leger": check.balance,
-                                    "currency": "SDG"}
+                extra["balance"] = {
+                    "available": check.balance,
+                    "leger": check.balance,
+                    "currency": "SDG",
+                }
             self._reply(entry, body, check.code, check.message, extra)
         elif endpoint == "doCardTransfer":
             assert ipin is not None
@@ -376,8 +401,12 @@ class ConsumerHandler(_JsonHandler):
         approved_look = {"referenceNumber": "000000000000", "approvalCode": "000000"}
         if last4 == FAULT_HTML:
             entry["fault"] = "html"
-            self._reply_raw(entry, 200, "<html><body><h1>Service Unavailable</h1></body></html>",
-                            content_type="text/html; charset=UTF-8")
+            self._reply_raw(
+                entry,
+                200,
+                "<html><body><h1>Service Unavailable</h1></body></html>",
+                content_type="text/html; charset=UTF-8",
+            )
             return
         if last4 == FAULT_CONTENT_TYPE:
             entry["fault"] = "content-type"
@@ -394,8 +423,11 @@ class ConsumerHandler(_JsonHandler):
         entry["ipin_matches_account"] = state.switch.ipin_matches(body["PAN"], ipin)
         extra: dict[str, Any] = {}
         if reply.applied:
-            extra = {"referenceNumber": reply.reference,
-                     "approvalCode": approval_code_for(request_uuid), "tranFee": 0}
+            extra = {
+                "referenceNumber": reply.reference,
+                "approvalCode": approval_code_for(request_uuid),
+                "tranFee": 0,
+            }
         if reply.unanswered:
             entry["fault"] = "slow"
             try:
@@ -415,11 +447,15 @@ class ConsumerHandler(_JsonHandler):
     def _status(self, body: dict[str, Any], entry: dict[str, Any]) -> None:
         record = self.state.switch.status(str(body["originalTranUUID"]))
         if record is None:
-            self._reply(entry, body, STATUS_NOT_FOUND_CODE, SIM_MESSAGES[STATUS_NOT_FOUND_CODE],
-                        {"originalTransaction": None})
+            self._reply(
+                entry,
+                body,
+                STATUS_NOT_FOUND_CODE,
+                SIM_MESSAGES[STATUS_NOT_FOUND_CODE],
+                {"originalTransaction": None},
+            )
             return
-        self._reply(entry, body, 0, "Approved",
-                    {"originalTransaction": self._original(record)})
+        self._reply(entry, body, 0, "Approved", {"originalTransaction": self._original(record)})
 
     def _original(self, record: TransferRecord) -> dict[str, Any]:
         original: dict[str, Any] = {
@@ -432,7 +468,8 @@ class ConsumerHandler(_JsonHandler):
             "tranAmount": record.amount,
             "tranCurrencyCode": "SDG",
             "tranDateTime": datetime.fromisoformat(record.created_at)
-            .astimezone(self.state.zone).strftime(self.state.datetime_format),
+            .astimezone(self.state.zone)
+            .strftime(self.state.datetime_format),
         }
         if record.applied:
             original["referenceNumber"] = record.reference
@@ -441,8 +478,9 @@ class ConsumerHandler(_JsonHandler):
 
     # -- replies -------------------------------------------------------------------------
 
-    def _payload(self, body: dict[str, Any], code: int, message: str,
-                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _payload(
+        self, body: dict[str, Any], code: int, message: str, extra: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "responseCode": code,
             "responseMessage": message,
@@ -459,17 +497,33 @@ class ConsumerHandler(_JsonHandler):
         payload.update(extra or {})
         return payload
 
-    def _reply(self, entry: dict[str, Any], body: dict[str, Any], code: int, message: str,
-               extra: dict[str, Any] | None = None) -> None:
+    def _reply(
+        self,
+        entry: dict[str, Any],
+        body: dict[str, Any],
+        code: int,
+        message: str,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         self._reply_raw(entry, 200, self._payload(body, code, message, extra))
 
-    def _reply_raw(self, entry: dict[str, Any], status: int, payload: Any,
-                   content_type: str = "application/json") -> None:
+    def _reply_raw(
+        self,
+        entry: dict[str, Any],
+        status: int,
+        payload: Any,
+        content_type: str = "application/json",
+    ) -> None:
         entry["http_status"] = status
         entry["response_code"] = payload.get("responseCode") if isinstance(payload, dict) else None
         log.info(
-            "%s uuid=%s pan=%s to=%s -> http %s code %s", entry["endpoint"], entry.get("uuid"),
-            entry.get("pan"), entry.get("to_card"), status, entry["response_code"],
+            "%s uuid=%s pan=%s to=%s -> http %s code %s",
+            entry["endpoint"],
+            entry.get("uuid"),
+            entry.get("pan"),
+            entry.get("to_card"),
+            status,
+            entry["response_code"],
         )
         self.set_status(status)
         self.set_header("Content-Type", content_type)
@@ -516,13 +570,21 @@ class LedgerHandler(_JsonHandler):
         switch = self.state.switch
         pan = self.get_query_argument("pan", None)
         if pan is None:
-            self.send_json({"total": switch.total_money(), "created": switch.money_created(),
-                            "conserved": switch.money_is_conserved()})
+            self.send_json(
+                {
+                    "total": switch.total_money(),
+                    "created": switch.money_created(),
+                    "conserved": switch.money_is_conserved(),
+                }
+            )
             return
-        self.send_json({
-            "pan": mask(pan), "balance": switch.balance(pan),
-            "transfers_to": list(iter_masked(switch.transfers_to(pan))),
-        })
+        self.send_json(
+            {
+                "pan": mask(pan),
+                "balance": switch.balance(pan),
+                "transfers_to": list(iter_masked(switch.transfers_to(pan))),
+            }
+        )
 
 
 class TransferHandler(_JsonHandler):
@@ -536,8 +598,9 @@ class TransferHandler(_JsonHandler):
 
 class PublicKeyHandler(_JsonHandler):
     def get(self) -> None:
-        self.send_json({"pubKeyValue": public_key_value(self.state.key),
-                        "bits": self.state.key.size_in_bits()})
+        self.send_json(
+            {"pubKeyValue": public_key_value(self.state.key), "bits": self.state.key.size_in_bits()}
+        )
 
 
 class RotateKeyHandler(_JsonHandler):
@@ -548,21 +611,28 @@ class RotateKeyHandler(_JsonHandler):
         bits = int(self.get_query_argument("bits", str(self.state.key.size_in_bits())))
         self.state.rotate_key(bits)
         log.info("simulator key rotated (%d bits)", bits)
-        self.send_json({"bits": self.state.key.size_in_bits(),
-                        "pubKeyValue": public_key_value(self.state.key)})
+        self.send_json(
+            {"bits": self.state.key.size_in_bits(), "pubKeyValue": public_key_value(self.state.key)}
+        )
 
 
 class NotFoundHandler(_JsonHandler):
     def prepare(self) -> None:
-        self.send_json({"responseCode": 404, "responseMessage": "Not found",
-                        "responseStatus": "Failed"}, 404)
+        self.send_json(
+            {"responseCode": 404, "responseMessage": "Not found", "responseStatus": "Failed"}, 404
+        )
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
     """Access log without query strings: ``/_sim/ledger?pan=`` must not print a card."""
     request = handler.request
-    log.info("%s %s %d %.1fms", request.method, request.path, handler.get_status(),
-             request.request_time() * 1000)
+    log.info(
+        "%s %s %d %.1fms",
+        request.method,
+        request.path,
+        handler.get_status(),
+        request.request_time() * 1000,
+    )
 
 
 def make_app(state: SimState, base_path: str = "/consumer/") -> tornado.web.Application:
@@ -591,15 +661,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8181, help="0 picks a free port")
     parser.add_argument("--data-dir", required=True, help="ledger and RSA key live here")
-    parser.add_argument("--key-bits", type=int, default=2048,
-                        help="size of a newly generated key (ignored when DATA_DIR has one)")
-    parser.add_argument("--application-id", action="append", dest="application_ids",
-                        help="accepted applicationId (repeatable; default ACTSCon)")
-    parser.add_argument("--slow-seconds", type=float, default=5.0,
-                        help="how long magic 0091/0092 transfers take to answer")
+    parser.add_argument(
+        "--key-bits",
+        type=int,
+        default=2048,
+        help="size of a newly generated key (ignored when DATA_DIR has one)",
+    )
+    parser.add_argument(
+        "--application-id",
+        action="append",
+        dest="application_ids",
+        help="accepted applicationId (repeatable; default ACTSCon)",
+    )
+    parser.add_argument(
+        "--slow-seconds",
+        type=float,
+        default=5.0,
+        help="how long magic 0091/0092 transfers take to answer",
+    )
     parser.add_argument("--base-path", default="/consumer/")
-    parser.add_argument("--max-clock-skew", type=float, default=300.0,
-                        help="seconds tranDateTime may differ from now")
+    parser.add_argument(
+        "--max-clock-skew",
+        type=float,
+        default=300.0,
+        help="seconds tranDateTime may differ from now",
+    )
     parser.add_argument("--datetime-format", default="%d%m%y%H%M%S")
     parser.add_argument("--timezone", default="Africa/Khartoum")
     parser.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS")
@@ -640,8 +726,11 @@ async def serve(args: argparse.Namespace) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     scheme = "https" if ssl_context else "http"
     print(f"simulator listening on {scheme}://{host}:{port}{base}", flush=True)
-    log.info("key %d bits, application ids %s", state.key.size_in_bits(),
-             ", ".join(sorted(state.application_ids)))
+    log.info(
+        "key %d bits, application ids %s",
+        state.key.size_in_bits(),
+        ", ".join(sorted(state.application_ids)),
+    )
     await stop.wait()
     log.info("simulator stopping")
     server.stop()
@@ -658,7 +747,8 @@ async def serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr,
+        level=logging.INFO,
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     return asyncio.run(serve(args))

@@ -87,14 +87,20 @@ ServerFactory = Callable[..., ServerProcess]
 
 
 @pytest.fixture(scope="module")
-def server_factory(database: Database, log_dir: Path,
-                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def server_factory(
+    database: Database, log_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     """Start servers on the shared database, each with its own database name; on teardown
     stop them and fail if a log holds any secret the run created."""
     started: list[ServerProcess] = []
 
-    def start(env: dict[str, str] | None = None, *, db_name: str | None = None,
-              wait: bool = True, args: tuple[str, ...] = ()) -> ServerProcess:
+    def start(
+        env: dict[str, str] | None = None,
+        *,
+        db_name: str | None = None,
+        wait: bool = True,
+        args: tuple[str, ...] = (),
+    ) -> ServerProcess:
         env = dict(env or {})
         env.setdefault("CASHOUT_MONGODB_URI", database.uri)
         env.setdefault("CASHOUT_DB_NAME", db_name or unique_name("db").replace("-", "_"))

@@ -14,8 +14,9 @@ class EchoingGateway(MockGateway):
 
     async def transfer(self, request: TransferRequest) -> TransferResult:
         result = await super().transfer(request)
-        return replace(result, message=f"{result.message} from {request.from_card.pan} "
-                                       f"to {request.to_pan}")
+        return replace(
+            result, message=f"{result.message} from {request.from_card.pan} to {request.to_pan}"
+        )
 
     async def verify_card(self, card: Card) -> VerifyResult | None:
         result = await super().verify_card(card)

@@ -54,8 +54,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05,
-               what: str = "condition") -> Any:
+def wait_until(
+    condition: Callable[[], Any],
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> Any:
     """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -70,11 +74,16 @@ def wait_until(condition: Callable[[], Any], timeout: float = 20.0, interval: fl
 class ServerProcess:
     """``python -m server`` as a child process with its output captured to a file."""
 
-    def __init__(self, log_dir: Path, env: dict[str, str], name: str = "server",
-                 args: Iterable[str] = ()):
+    def __init__(
+        self, log_dir: Path, env: dict[str, str], name: str = "server", args: Iterable[str] = ()
+    ):
         self.port = int(env.get("CASHOUT_PORT") or free_port())
-        self.env = {**os.environ, "CASHOUT_PORT": str(self.port),
-                    "CASHOUT_PUBLIC_URL": f"http://127.0.0.1:{self.port}", **env}
+        self.env = {
+            **os.environ,
+            "CASHOUT_PORT": str(self.port),
+            "CASHOUT_PUBLIC_URL": f"http://127.0.0.1:{self.port}",
+            **env,
+        }
         self.env["CASHOUT_PORT"] = str(self.port)
         self.args = list(args)
         self.log_path = log_dir / f"{name}-{self.port}.log"
@@ -83,8 +92,13 @@ class ServerProcess:
 
     def start(self, wait: bool = True, timeout: float = 30.0) -> ServerProcess:
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([PYTHON, "-m", "server", *self.args], cwd=ROOT,
-                                     env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "server", *self.args],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
         if wait:
             self.wait_ready(timeout)
@@ -93,8 +107,9 @@ class ServerProcess:
     def wait_ready(self, timeout: float = 30.0) -> None:
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n"
-                                     + self.log()[-2000:])
+                raise AssertionError(
+                    f"server exited with {self.proc.returncode}:\n" + self.log()[-2000:]
+                )
             try:
                 return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
             except httpx.HTTPError:
@@ -139,9 +154,21 @@ class Database:
         exe = str(Path(PYTHON).parent / "secantusd-py")
         log = open(self.dir / "db.log", "ab")
         self.proc = subprocess.Popen(
-            [exe, "--host", "127.0.0.1", "--port", str(self.port), "--storage-path",
-             str(self.dir / "data"), "--log-level", "WARNING"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                exe,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--storage-path",
+                str(self.dir / "data"),
+                "--log-level",
+                "WARNING",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
 
         def up() -> bool:
@@ -178,9 +205,22 @@ class Simulator:
     def start(self, timeout: float = 30.0) -> Simulator:
         self._log = self.log_path.open("a")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "simulator.ebs", "--host", "127.0.0.1", "--port", "0",
-             "--data-dir", str(self.data_dir), *self.extra],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=self._log, text=True,
+            [
+                sys.executable,
+                "-m",
+                "simulator.ebs",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--data-dir",
+                str(self.data_dir),
+                *self.extra,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
         )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
@@ -231,10 +271,23 @@ class Simulator:
         return code
 
 
-def provider_body(name: str, pan: str, ipin: str = "7391", exp: str = "3012",
-                  endpoint: str = "http://127.0.0.1:9/hook", **extra: Any) -> dict[str, Any]:
-    return {"name": name, "pan": pan, "expDate": exp, "ipin": ipin, "consent": True,
-            "endpoint": endpoint, **extra}
+def provider_body(
+    name: str,
+    pan: str,
+    ipin: str = "7391",
+    exp: str = "3012",
+    endpoint: str = "http://127.0.0.1:9/hook",
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "pan": pan,
+        "expDate": exp,
+        "ipin": ipin,
+        "consent": True,
+        "endpoint": endpoint,
+        **extra,
+    }
 
 
 def register(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
@@ -256,19 +309,29 @@ def signal_name(sig: int) -> str:
 
 
 # Settings that make reconciliation settle within a second or two in tests.
-FAST_RECONCILE = {"CASHOUT_RECONCILE_INTERVAL": "0.3", "CASHOUT_SETTLE_GRACE": "0.5",
-                  "CASHOUT_ATTEMPT_LEASE": "3"}
+FAST_RECONCILE = {
+    "CASHOUT_RECONCILE_INTERVAL": "0.3",
+    "CASHOUT_SETTLE_GRACE": "0.5",
+    "CASHOUT_ATTEMPT_LEASE": "3",
+}
 
 
-def claim_status(client: httpx.Client, name: str, uuid: str, headers: dict[str, str]
-                 ) -> dict[str, Any]:
+def claim_status(
+    client: httpx.Client, name: str, uuid: str, headers: dict[str, str]
+) -> dict[str, Any]:
     response = client.get(f"/cashout/claims/{name}/{uuid}", headers=headers)
     assert response.status_code == 200, response.status_code
     return response.json()
 
 
-def wait_for_status(client: httpx.Client, name: str, uuid: str, headers: dict[str, str],
-                    statuses: Iterable[str], timeout: float = 30.0) -> dict[str, Any]:
+def wait_for_status(
+    client: httpx.Client,
+    name: str,
+    uuid: str,
+    headers: dict[str, str],
+    statuses: Iterable[str],
+    timeout: float = 30.0,
+) -> dict[str, Any]:
     wanted = set(statuses)
     last: dict[str, Any] = {}
 
@@ -297,8 +360,11 @@ class Provider:
 
     def generate(self, amount: int, ref: str | None = None, **extra: Any) -> str:
         ref = ref or f"ref-{next(_refs)}"
-        response = self.client.post(f"/cashout/generate/{self.name}", headers=self.headers,
-                                    json={"amount": amount, "id": ref, **extra})
+        response = self.client.post(
+            f"/cashout/generate/{self.name}",
+            headers=self.headers,
+            json={"amount": amount, "id": ref, **extra},
+        )
         assert response.status_code == 201
         return response.json()["uuid"]
 
@@ -313,8 +379,7 @@ class Provider:
         return wait_for_status(self.client, self.name, uuid, self.headers, statuses)
 
     @classmethod
-    def register(cls, server: ServerProcess, endpoint: str = "http://127.0.0.1:9/hook"
-                 ) -> Provider:
+    def register(cls, server: ServerProcess, endpoint: str = "http://127.0.0.1:9/hook") -> Provider:
         from tests.conftest import random_pan, unique_name
 
         client = server.client()

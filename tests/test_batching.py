@@ -53,8 +53,9 @@ def test_each_item_gets_its_own_result_or_error() -> None:
         writer = Writer()
         writer.release.set()
         batcher: Batcher[int, int] = Batcher("t", writer.write)
-        results = await asyncio.gather(*(batcher.submit(i) for i in range(4)),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(batcher.submit(i) for i in range(4)), return_exceptions=True
+        )
         assert writer.batches == [[0, 1, 2, 3]]
         assert results[0] == 0 and results[2] == 20
         assert [str(results[1]), str(results[3])] == ["odd 1", "odd 3"]

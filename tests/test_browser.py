@@ -24,13 +24,21 @@ from tests.conftest import random_pan, unique_name
 from tests.harness import ServerProcess, auth, provider_body, register, remember
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(),
-    reason="browser tests need Debian's chromium at /usr/bin/chromium (apt install chromium)")
+    reason="browser tests need Debian's chromium at /usr/bin/chromium (apt install chromium)",
+)
 
 WAIT_MS = 15_000  # deadline for any one page state; the processing page refreshes every 2 s
 SLOW_MS = "1500"  # mock gateway latency that keeps the processing page on screen
@@ -41,6 +49,7 @@ TYPED: set[str] = set()
 
 
 # -- fixtures -------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
@@ -78,8 +87,11 @@ class Provider:
         self.headers = auth(creds["api_key"])
 
     def generate(self, amount: int) -> dict[str, Any]:
-        response = self.client.post(f"/cashout/generate/{self.name}", headers=self.headers,
-                                    json={"amount": amount, "id": secrets.token_hex(6)})
+        response = self.client.post(
+            f"/cashout/generate/{self.name}",
+            headers=self.headers,
+            json={"amount": amount, "id": secrets.token_hex(6)},
+        )
         assert response.status_code == 201, response.text
         return response.json()
 
@@ -123,9 +135,10 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
 
 # -- helpers --------------------------------------------------------------------------------
 
+
 def grouped(pan: str) -> str:
     """The card as people type it: groups of four separated by spaces."""
-    return " ".join(pan[i:i + 4] for i in range(0, len(pan), 4))
+    return " ".join(pan[i : i + 4] for i in range(0, len(pan), 4))
 
 
 def seen(page: Page, label: str) -> str:
@@ -193,14 +206,29 @@ COLOURS_JS = """(selectors) => {
   return out;
 }"""
 
-TEXT = ["header .brand", "header .lang", "h1", ".amount", "label", "p", ".hint", ".small",
-        ".error", ".notice", "button", "dt", "dd", "main a"]
+TEXT = [
+    "header .brand",
+    "header .lang",
+    "h1",
+    ".amount",
+    "label",
+    "p",
+    ".hint",
+    ".small",
+    ".error",
+    ".notice",
+    "button",
+    "dt",
+    "dd",
+    "main a",
+]
 
 
 def luminance(rgb: list[float]) -> float:
     def channel(value: float) -> float:
         c = value / 255
         return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
     r, g, b = (channel(v) for v in rgb)
     return 0.2126 * r + 0.7152 * g + 0.0722 * b
 
@@ -247,6 +275,7 @@ def beside_labels(page: Page) -> None:
 
 # -- tests ----------------------------------------------------------------------------------
 
+
 def test_english_happy_path(browser: Browser, slow_provider: Provider, shots: Path) -> None:
     made = slow_provider.generate(1250)
     pan = random_pan()
@@ -258,8 +287,7 @@ def test_english_happy_path(browser: Browser, slow_provider: Provider, shots: Pa
         expect(page.locator("html")).to_have_attribute("lang", "en")
         expect(page.locator("h1")).to_have_text("Receive your cashout")
         expect(page.locator(".amount")).to_have_text("1250 SDG")
-        expect(page.get_by_text(f"{slow_provider.name} is sending you this amount"))\
-            .to_be_visible()
+        expect(page.get_by_text(f"{slow_provider.name} is sending you this amount")).to_be_visible()
         readable(page)
         seen(page, "en form")
         shot(page, shots, "en-1-form.png")
@@ -288,8 +316,9 @@ def test_english_happy_path(browser: Browser, slow_provider: Provider, shots: Pa
         context.close()
 
 
-def test_arabic_right_to_left_and_language_switch(browser: Browser, slow_provider: Provider,
-                                                  shots: Path) -> None:
+def test_arabic_right_to_left_and_language_switch(
+    browser: Browser, slow_provider: Provider, shots: Path
+) -> None:
     made = slow_provider.generate(730)
     pan = random_pan()
     context = new_context(browser, locale="ar")
@@ -345,8 +374,9 @@ def test_arabic_right_to_left_and_language_switch(browser: Browser, slow_provide
         context.close()
 
 
-def test_arabic_form_switches_to_english_before_submitting(browser: Browser,
-                                                           provider: Provider) -> None:
+def test_arabic_form_switches_to_english_before_submitting(
+    browser: Browser, provider: Provider
+) -> None:
     made = provider.generate(40)
     context = new_context(browser, locale="ar")
     try:
@@ -363,7 +393,8 @@ def test_arabic_form_switches_to_english_before_submitting(browser: Browser,
 
 
 def test_bad_card_rerenders_the_form_with_the_error_at_the_field(
-        context: BrowserContext, provider: Provider, shots: Path) -> None:
+    context: BrowserContext, provider: Provider, shots: Path
+) -> None:
     made = provider.generate(300)
     page = context.new_page()
     open_claim(page, made["url"])
@@ -410,7 +441,8 @@ def test_bad_card_rerenders_the_form_with_the_error_at_the_field(
 
 
 def test_declined_card_returns_to_the_form_with_attempts_left(
-        context: BrowserContext, provider: Provider, shots: Path) -> None:
+    context: BrowserContext, provider: Provider, shots: Path
+) -> None:
     made = provider.generate(450)
     declined = luhn_card("0052")
     page = context.new_page()
@@ -439,8 +471,13 @@ def test_declined_card_returns_to_the_form_with_attempts_left(
 
 def test_small_phone_screen(browser: Browser, provider: Provider, shots: Path) -> None:
     width = 360
-    context = new_context(browser, viewport={"width": width, "height": 740},
-                          device_scale_factor=2, is_mobile=True, has_touch=True)
+    context = new_context(
+        browser,
+        viewport={"width": width, "height": 740},
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+    )
     try:
         page = context.new_page()
         made = provider.generate(100_000)
@@ -481,10 +518,10 @@ def test_small_phone_screen(browser: Browser, provider: Provider, shots: Path) -
         context.close()
 
 
-def test_works_without_javascript(browser: Browser, slow_provider: Provider,
-                                  shots: Path) -> None:
-    context = new_context(browser, java_script_enabled=False,
-                          viewport={"width": 360, "height": 740})
+def test_works_without_javascript(browser: Browser, slow_provider: Provider, shots: Path) -> None:
+    context = new_context(
+        browser, java_script_enabled=False, viewport={"width": 360, "height": 740}
+    )
     try:
         page = context.new_page()
         made = slow_provider.generate(60)
@@ -512,8 +549,10 @@ def test_works_without_javascript(browser: Browser, slow_provider: Provider,
 
 
 def test_unknown_claim_is_a_friendly_404(context: BrowserContext, provider: Provider) -> None:
-    url = f"{provider.client.base_url}/cashout/claim/{provider.name}/" \
-          "00000000-0000-4000-8000-000000000000"
+    url = (
+        f"{provider.client.base_url}/cashout/claim/{provider.name}/"
+        "00000000-0000-4000-8000-000000000000"
+    )
     page = context.new_page()
     response = page.goto(url)
     assert response is not None and response.status == 404

@@ -54,8 +54,12 @@ def to_card(last4: str) -> str:
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
     base = tmp_path_factory.mktemp("ebs-sim")
     simulator = Simulator(
-        base / "data", base / "simulator.log",
-        "--key-bits", "1024", "--slow-seconds", str(SLOW_SECONDS),
+        base / "data",
+        base / "simulator.log",
+        "--key-bits",
+        "1024",
+        "--slow-seconds",
+        str(SLOW_SECONDS),
     ).start()
     yield simulator
     assert simulator.stop() == 0, "the simulator stops cleanly on SIGTERM"
@@ -110,9 +114,9 @@ def test_approved_transfer_moves_money(sim: Simulator, caplog: pytest.LogCapture
     caplog.set_level("INFO")
     payer, to_pan = card(), to_card("4321")
     req = transfer_req(payer, to_pan, 250)
-    result, status = run(with_gateway(
-        config(sim), lambda g: g.transfer(req), lambda g: g.status(req.tran_uuid)
-    ))
+    result, status = run(
+        with_gateway(config(sim), lambda g: g.transfer(req), lambda g: g.status(req.tran_uuid))
+    )
     assert (result.outcome, result.code, result.message) == (Outcome.APPROVED, 0, "Approved")
     assert (status.outcome, status.code) == (Outcome.APPROVED, 0)
     assert result.reference and result.reference == status.reference
@@ -132,17 +136,19 @@ def test_approved_transfer_moves_money(sim: Simulator, caplog: pytest.LogCapture
 
 
 @pytest.mark.parametrize(
-    ("last4", "code", "fixable"), [("0051", 51, False), ("0052", 52, True),
-                                   ("0053", 53, False), ("0072", 72, True)]
+    ("last4", "code", "fixable"),
+    [("0051", 51, False), ("0052", 52, True), ("0053", 53, False), ("0072", 72, True)],
 )
 def test_declines(sim: Simulator, last4: str, code: int, fixable: bool) -> None:
     payer, to_pan = card(), to_card(last4)
     req = transfer_req(payer, to_pan)
-    result, status = run(with_gateway(
-        config(sim), lambda g: g.transfer(req), lambda g: g.status(req.tran_uuid)
-    ))
+    result, status = run(
+        with_gateway(config(sim), lambda g: g.transfer(req), lambda g: g.status(req.tran_uuid))
+    )
     assert (result.outcome, result.code, result.customer_fixable) == (
-        Outcome.DECLINED, code, fixable
+        Outcome.DECLINED,
+        code,
+        fixable,
     )
     assert result.message
     assert (status.outcome, status.code) == (Outcome.DECLINED, code)
@@ -155,9 +161,9 @@ def test_wrong_ipin_on_a_known_card_is_53(sim: Simulator) -> None:
     payer, to_pan = card(), to_card("4321")
     wrong = Card(payer.pan, payer.exp_date, "9876")
     req = transfer_req(wrong, to_pan)
-    verify, result = run(with_gateway(
-        config(sim), lambda g: g.verify_card(payer), lambda g: g.transfer(req)
-    ))
+    verify, result = run(
+        with_gateway(config(sim), lambda g: g.verify_card(payer), lambda g: g.transfer(req))
+    )
     assert verify.ok
     assert (result.outcome, result.code) == (Outcome.DECLINED, 53)
     [sent] = [r for r in sim.requests_for(req.tran_uuid) if r["endpoint"] == "doCardTransfer"]
@@ -166,12 +172,14 @@ def test_wrong_ipin_on_a_known_card_is_53(sim: Simulator) -> None:
 
 def test_verify_card(sim: Simulator) -> None:
     payer = card()
-    good, wrong, expired = run(with_gateway(
-        config(sim),
-        lambda g: g.verify_card(payer),
-        lambda g: g.verify_card(Card(payer.pan, payer.exp_date, "0000")),
-        lambda g: g.verify_card(card(exp="2001")),
-    ))
+    good, wrong, expired = run(
+        with_gateway(
+            config(sim),
+            lambda g: g.verify_card(payer),
+            lambda g: g.verify_card(Card(payer.pan, payer.exp_date, "0000")),
+            lambda g: g.verify_card(card(exp="2001")),
+        )
+    )
     assert (good.ok, good.code) == (True, 0)
     assert (wrong.ok, wrong.code) == (False, 53)
     assert (expired.ok, expired.code) == (False, 54)
@@ -189,9 +197,9 @@ def test_timeout_after_apply_settles_approved(sim: Simulator) -> None:
         result = await g.transfer(req)
         return result, time.monotonic() - started
 
-    (result, elapsed), status = run(with_gateway(
-        config(sim), timed, lambda g: g.status(req.tran_uuid)
-    ))
+    (result, elapsed), status = run(
+        with_gateway(config(sim), timed, lambda g: g.status(req.tran_uuid))
+    )
     assert (result.outcome, result.code) == (Outcome.UNKNOWN, None)
     assert "Timeout" in result.message
     assert REQUEST_TIMEOUT * 0.9 <= elapsed < SLOW_SECONDS
@@ -204,9 +212,9 @@ def test_timeout_after_apply_settles_approved(sim: Simulator) -> None:
 def test_timeout_without_apply_settles_not_found(sim: Simulator) -> None:
     payer, to_pan = card(), to_card("0092")
     req = transfer_req(payer, to_pan, 92)
-    result, status = run(with_gateway(
-        config(sim), lambda g: g.transfer(req), lambda g: g.status(req.tran_uuid)
-    ))
+    result, status = run(
+        with_gateway(config(sim), lambda g: g.transfer(req), lambda g: g.status(req.tran_uuid))
+    )
     assert (result.outcome, result.code) == (Outcome.UNKNOWN, None)
     assert (status.outcome, status.code) == (Outcome.NOT_FOUND, None)
     with sim.ledger() as sw:
@@ -221,9 +229,9 @@ def test_timeout_without_apply_settles_not_found(sim: Simulator) -> None:
 def test_unclear_replies_are_unknown(sim: Simulator, last4: str, problem: str) -> None:
     payer, to_pan = card(), to_card(last4)
     req = transfer_req(payer, to_pan)
-    result, status = run(with_gateway(
-        config(sim), lambda g: g.transfer(req), lambda g: g.status(req.tran_uuid)
-    ))
+    result, status = run(
+        with_gateway(config(sim), lambda g: g.transfer(req), lambda g: g.status(req.tran_uuid))
+    )
     assert (result.outcome, result.code) == (Outcome.UNKNOWN, None)
     assert problem in result.message
     assert status.outcome is Outcome.NOT_FOUND
@@ -235,14 +243,22 @@ def test_unreachable_switch_is_unknown(sim: Simulator) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = config(sim, ebs_url=f"http://127.0.0.1:{port}/consumer/",
-                 ebs_public_key=sim.get("/_sim/public-key")["pubKeyValue"])
+    cfg = config(
+        sim,
+        ebs_url=f"http://127.0.0.1:{port}/consumer/",
+        ebs_public_key=sim.get("/_sim/public-key")["pubKeyValue"],
+    )
     payer = card()
     req = transfer_req(payer, to_card("4321"))
-    result, status, verify, alive = run(with_gateway(
-        cfg, lambda g: g.transfer(req), lambda g: g.status(req.tran_uuid),
-        lambda g: g.verify_card(payer), lambda g: g.is_alive(),
-    ))
+    result, status, verify, alive = run(
+        with_gateway(
+            cfg,
+            lambda g: g.transfer(req),
+            lambda g: g.status(req.tran_uuid),
+            lambda g: g.verify_card(payer),
+            lambda g: g.is_alive(),
+        )
+    )
     assert result.outcome is Outcome.UNKNOWN and result.code is None
     assert status.outcome is Outcome.UNKNOWN
     assert verify.ok is False and verify.code is None and "could not verify" in verify.message
@@ -255,10 +271,14 @@ def test_unreachable_switch_is_unknown(sim: Simulator) -> None:
 def test_reused_uuid_is_613_and_left_to_status(sim: Simulator) -> None:
     payer, to_pan = card(), to_card("4321")
     req = transfer_req(payer, to_pan, 61)
-    first, second, status = run(with_gateway(
-        config(sim), lambda g: g.transfer(req), lambda g: g.transfer(req),
-        lambda g: g.status(req.tran_uuid),
-    ))
+    first, second, status = run(
+        with_gateway(
+            config(sim),
+            lambda g: g.transfer(req),
+            lambda g: g.transfer(req),
+            lambda g: g.status(req.tran_uuid),
+        )
+    )
     assert first.outcome is Outcome.APPROVED
     assert (second.outcome, second.code) == (Outcome.UNKNOWN, 613)
     assert "DUPLICATE_TRANSACTION" in second.message
@@ -274,10 +294,14 @@ def test_reused_uuid_is_613_and_left_to_status(sim: Simulator) -> None:
 def test_unknown_application_id_is_601(sim: Simulator) -> None:
     payer = card()
     req = transfer_req(payer, to_card("4321"))
-    result, verify, alive = run(with_gateway(
-        config(sim, ebs_application_id="NOT-US"), lambda g: g.transfer(req),
-        lambda g: g.verify_card(payer), lambda g: g.is_alive(),
-    ))
+    result, verify, alive = run(
+        with_gateway(
+            config(sim, ebs_application_id="NOT-US"),
+            lambda g: g.transfer(req),
+            lambda g: g.verify_card(payer),
+            lambda g: g.is_alive(),
+        )
+    )
     assert (result.outcome, result.code) == (Outcome.DECLINED, 601)
     assert (verify.ok, verify.code) == (False, 601)
     assert alive is False
@@ -285,8 +309,11 @@ def test_unknown_application_id_is_601(sim: Simulator) -> None:
 
 def test_tran_date_time_in_the_wrong_zone_is_rejected(sim: Simulator) -> None:
     payer = card()
-    cfg = config(sim, ebs_timezone="Pacific/Kiritimati",
-                 ebs_public_key=sim.get("/_sim/public-key")["pubKeyValue"])
+    cfg = config(
+        sim,
+        ebs_timezone="Pacific/Kiritimati",
+        ebs_public_key=sim.get("/_sim/public-key")["pubKeyValue"],
+    )
     req = transfer_req(payer, to_card("4321"))
     [result] = run(with_gateway(cfg, lambda g: g.transfer(req)))
     assert (result.outcome, result.code) == (Outcome.DECLINED, 30)
@@ -298,9 +325,7 @@ def test_public_key_fetched_once_when_not_configured(sim: Simulator) -> None:
     payer = card()
     reqs = [transfer_req(payer, to_card("4321")) for _ in range(3)]
     before = sum(r["endpoint"] == "getPublicKey" for r in sim.requests())
-    results = run(with_gateway(config(sim), *[
-        (lambda g, r=r: g.transfer(r)) for r in reqs
-    ]))
+    results = run(with_gateway(config(sim), *[(lambda g, r=r: g.transfer(r)) for r in reqs]))
     assert all(r.outcome is Outcome.APPROVED for r in results)
     after = sum(r["endpoint"] == "getPublicKey" for r in sim.requests())
     assert after - before == 1, "the key is cached"
@@ -397,12 +422,43 @@ def _make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
     )
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
     commands = [
-        ["openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", ca_pem, "-days", "2",
-         "-subj", "/CN=cashout test CA", "-addext", "basicConstraints=critical,CA:TRUE",
-         "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        [
+            "openssl",
+            "req",
+            "-x509",
+            *ec,
+            "-keyout",
+            ca_key,
+            "-out",
+            ca_pem,
+            "-days",
+            "2",
+            "-subj",
+            "/CN=cashout test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
         ["openssl", "req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
-        ["openssl", "x509", "-req", "-in", csr, "-CA", ca_pem, "-CAkey", ca_key,
-         "-CAcreateserial", "-out", pem, "-days", "2", "-extfile", ext],
+        [
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            ca_pem,
+            "-CAkey",
+            ca_key,
+            "-CAcreateserial",
+            "-out",
+            pem,
+            "-days",
+            "2",
+            "-extfile",
+            ext,
+        ],
     ]
     for command in commands:
         subprocess.run([str(c) for c in command], check=True, capture_output=True, timeout=30)
@@ -412,20 +468,30 @@ def _make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 def test_tls_is_verified_against_the_configured_ca(tmp_path: Path) -> None:
     ca_pem, cert, key = _make_tls_files(tmp_path)
-    tls = Simulator(tmp_path / "d", tmp_path / "sim.log", "--key-bits", "1024",
-                    "--tls-cert", str(cert), "--tls-key", str(key)).start()
+    tls = Simulator(
+        tmp_path / "d",
+        tmp_path / "sim.log",
+        "--key-bits",
+        "1024",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+    ).start()
     try:
         assert tls.url.startswith("https://127.0.0.1:")
         payer = card()
         req = transfer_req(payer, to_card("4321"))
         trusted = config(tls, ebs_ca_file=str(ca_pem), environment="production")
-        alive, result = run(with_gateway(trusted, lambda g: g.is_alive(),
-                                         lambda g: g.transfer(req)))
+        alive, result = run(
+            with_gateway(trusted, lambda g: g.is_alive(), lambda g: g.transfer(req))
+        )
         assert alive is True and result.outcome is Outcome.APPROVED
         # Without our CA the certificate is not trusted: no answer, never a silent bypass.
         other = transfer_req(payer, to_card("4321"))
-        alive, result = run(with_gateway(config(tls), lambda g: g.is_alive(),
-                                         lambda g: g.transfer(other)))
+        alive, result = run(
+            with_gateway(config(tls), lambda g: g.is_alive(), lambda g: g.transfer(other))
+        )
         assert alive is False and result.outcome is Outcome.UNKNOWN
         assert "SSL" in result.message or "certificate" in result.message.lower()
     finally:
@@ -443,21 +509,30 @@ def test_every_request_matches_ebs_md(sim: Simulator) -> None:
     approved = transfer_req(payer, to_card("4321"), 12)
     declined = transfer_req(payer, to_card("0052"), 13)
     wrong_ipin = transfer_req(wrong, to_card("4321"), 14)
-    run(with_gateway(
-        config(sim),
-        lambda g: g.is_alive(),
-        lambda g: g.verify_card(payer),
-        lambda g: g.verify_card(wrong),
-        lambda g: g.transfer(approved),
-        lambda g: g.transfer(declined),
-        lambda g: g.transfer(wrong_ipin),
-        lambda g: g.status(approved.tran_uuid),
-        lambda g: g.status(str(uuid.uuid4())),
-    ))
+    run(
+        with_gateway(
+            config(sim),
+            lambda g: g.is_alive(),
+            lambda g: g.verify_card(payer),
+            lambda g: g.verify_card(wrong),
+            lambda g: g.transfer(approved),
+            lambda g: g.transfer(declined),
+            lambda g: g.transfer(wrong_ipin),
+            lambda g: g.status(approved.tran_uuid),
+            lambda g: g.status(str(uuid.uuid4())),
+        )
+    )
     log = sim.requests()
     assert [r["endpoint"] for r in log] == [
-        "isAlive", "getPublicKey", "getBalance", "getBalance", "doCardTransfer",
-        "doCardTransfer", "doCardTransfer", "getTransactionStatus", "getTransactionStatus",
+        "isAlive",
+        "getPublicKey",
+        "getBalance",
+        "getBalance",
+        "doCardTransfer",
+        "doCardTransfer",
+        "doCardTransfer",
+        "getTransactionStatus",
+        "getTransactionStatus",
     ]
     uuids = [r["uuid"] for r in log]
     assert len(set(uuids)) == len(uuids), "a fresh UUID for every request"

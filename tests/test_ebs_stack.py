@@ -25,18 +25,26 @@ from tests.harness import (
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory, log_dir: Path) -> Iterator[Simulator]:
-    simulator = Simulator(tmp_path_factory.mktemp("sim"), log_dir / "simulator-stack.log",
-                          "--slow-seconds", "3").start()
+    simulator = Simulator(
+        tmp_path_factory.mktemp("sim"), log_dir / "simulator-stack.log", "--slow-seconds", "3"
+    ).start()
     yield simulator
     simulator.stop()
 
 
 @pytest.fixture(scope="module")
 def ebs_server(server_factory: Any, sim: Simulator) -> ServerProcess:
-    return server_factory({
-        **FAST_RECONCILE, "CASHOUT_GATEWAY": "ebs", "CASHOUT_EBS_URL": sim.url,
-        "CASHOUT_EBS_APPLICATION_ID": "ACTSCon", "CASHOUT_EBS_CONNECT_TIMEOUT": "1",
-        "CASHOUT_EBS_REQUEST_TIMEOUT": "1", "CASHOUT_ATTEMPT_LEASE": "10"})
+    return server_factory(
+        {
+            **FAST_RECONCILE,
+            "CASHOUT_GATEWAY": "ebs",
+            "CASHOUT_EBS_URL": sim.url,
+            "CASHOUT_EBS_APPLICATION_ID": "ACTSCon",
+            "CASHOUT_EBS_CONNECT_TIMEOUT": "1",
+            "CASHOUT_EBS_REQUEST_TIMEOUT": "1",
+            "CASHOUT_ATTEMPT_LEASE": "10",
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +54,14 @@ def provider(ebs_server: ServerProcess) -> dict[str, Any]:
     return {"name": name, "pan": pan, "headers": auth(creds["api_key"])}
 
 
-def test_registration_verifies_the_card_with_get_balance(ebs_server: ServerProcess,
-                                                         provider: dict[str, Any],
-                                                         sim: Simulator, db: Any) -> None:
-    checks = [r for r in sim.requests() if r["endpoint"] == "getBalance"
-              and r["pan"] == "****" + provider["pan"][-4:]]
+def test_registration_verifies_the_card_with_get_balance(
+    ebs_server: ServerProcess, provider: dict[str, Any], sim: Simulator, db: Any
+) -> None:
+    checks = [
+        r
+        for r in sim.requests()
+        if r["endpoint"] == "getBalance" and r["pan"] == "****" + provider["pan"][-4:]
+    ]
     assert checks and checks[0]["ipin_block_ok"] and checks[0]["response_code"] == 0
     # The same card with another IPIN: the switch says no, and nothing is stored.
     body = provider_body(unique_name(), provider["pan"], ipin="1357")
@@ -73,33 +84,44 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("last4", "final", "code", "attempts"), CASES,
-                         ids=[c[0] for c in CASES])
-def test_claims_through_ebs(ebs_server: ServerProcess, provider: dict[str, Any],
-                            sim: Simulator, last4: str, final: str, code: int | None,
-                            attempts: int) -> None:
+@pytest.mark.parametrize(("last4", "final", "code", "attempts"), CASES, ids=[c[0] for c in CASES])
+def test_claims_through_ebs(
+    ebs_server: ServerProcess,
+    provider: dict[str, Any],
+    sim: Simulator,
+    last4: str,
+    final: str,
+    code: int | None,
+    attempts: int,
+) -> None:
     client, name, headers = ebs_server.client(), provider["name"], provider["headers"]
-    uuid = client.post(f"/cashout/generate/{name}", headers=headers,
-                       json={"amount": 75, "id": unique_name("e")}).json()["uuid"]
+    uuid = client.post(
+        f"/cashout/generate/{name}", headers=headers, json={"amount": 75, "id": unique_name("e")}
+    ).json()["uuid"]
     to_pan = luhn_card(last4)
     remember(to_pan)
-    assert client.post(f"/cashout/claim/{name}", json={"id": uuid, "pan": to_pan}
-                       ).status_code == 202
+    assert (
+        client.post(f"/cashout/claim/{name}", json={"id": uuid, "pan": to_pan}).status_code == 202
+    )
     claim = wait_for_status(client, name, uuid, headers, ("succeeded", "failed"), 45)
-    assert (claim["status"], claim["response_code"], len(claim["attempts"])) == \
-        (final, code, attempts)
+    assert (claim["status"], claim["response_code"], len(claim["attempts"])) == (
+        final,
+        code,
+        attempts,
+    )
     with sim.ledger() as ledger:
         assert ledger.applied_total_to(to_pan) == (75 if final == "succeeded" else 0)
         for attempt in claim["attempts"]:
-            assert ledger.applied_count(attempt["tran_uuid"]) == \
-                (1 if attempt["outcome"] == "approved" else 0)
+            assert ledger.applied_count(attempt["tran_uuid"]) == (
+                1 if attempt["outcome"] == "approved" else 0
+            )
 
 
-def test_every_request_the_server_sent_matches_ebs_md(sim: Simulator,
-                                                      provider: dict[str, Any]) -> None:
+def test_every_request_the_server_sent_matches_ebs_md(
+    sim: Simulator, provider: dict[str, Any]
+) -> None:
     sent = [r for r in sim.requests() if r["endpoint"] != "getPublicKey"]
-    assert {r["endpoint"] for r in sent} >= {"getBalance", "doCardTransfer",
-                                            "getTransactionStatus"}
+    assert {r["endpoint"] for r in sent} >= {"getBalance", "doCardTransfer", "getTransactionStatus"}
     for r in sent:
         assert r["content_type_ok"] and r["application_id_ok"] and r["uuid_ok"]
         assert set(r["fields"]) == set(REQUIRED[r["endpoint"]]) and not r["misspelt"]
@@ -108,8 +130,9 @@ def test_every_request_the_server_sent_matches_ebs_md(sim: Simulator,
             assert r["ipin_block_ok"] is True
     transfers = [r for r in sent if r["endpoint"] == "doCardTransfer"]
     # The simulator checks the IPIN on every transfer but its fault-injection cards (None).
-    checked = [r["ipin_matches_account"] for r in transfers
-               if r["ipin_matches_account"] is not None]
+    checked = [
+        r["ipin_matches_account"] for r in transfers if r["ipin_matches_account"] is not None
+    ]
     assert len(checked) >= 7 and all(checked), "every IPIN block carried the provider's IPIN"
     uuids = [r["uuid"] for r in sent]
     assert len(uuids) == len(set(uuids)), "every request has a fresh UUID"

@@ -75,19 +75,26 @@ def own_database(tmp_path: Path) -> Iterator[Database]:
 
 
 @pytest.fixture()
-def outage_server(server_factory: Any, own_database: Database, tmp_path: Path
-                  ) -> Iterator[ServerProcess]:
-    env = {**FAST_RECONCILE, "CASHOUT_MONGODB_URI": own_database.uri,
-           "CASHOUT_DB_TIMEOUT_MS": "2000", "CASHOUT_MOCK_LATENCY_MS": "3000",
-           "CASHOUT_ATTEMPT_LEASE": "5", "CASHOUT_DATA_DIR": str(tmp_path / "data"),
-           "CASHOUT_DB_NAME": unique_name("outage").replace("-", "_")}
+def outage_server(
+    server_factory: Any, own_database: Database, tmp_path: Path
+) -> Iterator[ServerProcess]:
+    env = {
+        **FAST_RECONCILE,
+        "CASHOUT_MONGODB_URI": own_database.uri,
+        "CASHOUT_DB_TIMEOUT_MS": "2000",
+        "CASHOUT_MOCK_LATENCY_MS": "3000",
+        "CASHOUT_ATTEMPT_LEASE": "5",
+        "CASHOUT_DATA_DIR": str(tmp_path / "data"),
+        "CASHOUT_DB_NAME": unique_name("outage").replace("-", "_"),
+    }
     server = server_factory(env)
     yield server
     server.stop()  # before the database fixture's teardown, so shutdown is not left waiting
 
 
 def test_database_outage_answers_503_then_recovers_without_a_restart(
-        outage_server: ServerProcess, own_database: Database, receiver: Receiver) -> None:
+    outage_server: ServerProcess, own_database: Database, receiver: Receiver
+) -> None:
     server, database = outage_server, own_database
     path = "/hook/outage"
     provider = Provider.register(server, endpoint=receiver.url(path))
@@ -106,24 +113,39 @@ def test_database_outage_answers_503_then_recovers_without_a_restart(
 
     # The database dies once the switch has moved the money, while its answer is still on
     # the way back (the mock's 3 s latency is split around the ledger write).
-    wait_until(lambda: ledger.applied_count(tran_uuid) == 1, 10,
-               what="the in-flight transfer to reach the ledger")
+    wait_until(
+        lambda: ledger.applied_count(tran_uuid) == 1,
+        10,
+        what="the in-flight transfer to reach the ledger",
+    )
     assert database.proc is not None
     database.proc.kill()
     database.proc.wait(10)
 
     api = provider.client
     outage_calls = {
-        "generate": lambda: api.post(f"/cashout/generate/{provider.name}",
-                                     headers=provider.headers,
-                                     json={"amount": 10, "id": "during-outage"}),
-        "claim": lambda: api.get(f"/cashout/claims/{provider.name}/{pending[0]}",
-                                 headers=provider.headers),
-        "register": lambda: api.post("/cashout/register", json={
-            "name": "outage-newcomer", "pan": newcomer_card, "expDate": "3012",
-            "ipin": "7391", "consent": True, "endpoint": receiver.url(path)}),
-        "submit": lambda: api.post(f"/cashout/claim/{provider.name}",
-                                   json={"id": pending[1], "pan": later_card}),
+        "generate": lambda: api.post(
+            f"/cashout/generate/{provider.name}",
+            headers=provider.headers,
+            json={"amount": 10, "id": "during-outage"},
+        ),
+        "claim": lambda: api.get(
+            f"/cashout/claims/{provider.name}/{pending[0]}", headers=provider.headers
+        ),
+        "register": lambda: api.post(
+            "/cashout/register",
+            json={
+                "name": "outage-newcomer",
+                "pan": newcomer_card,
+                "expDate": "3012",
+                "ipin": "7391",
+                "consent": True,
+                "endpoint": receiver.url(path),
+            },
+        ),
+        "submit": lambda: api.post(
+            f"/cashout/claim/{provider.name}", json={"id": pending[1], "pan": later_card}
+        ),
     }
     for what, call in outage_calls.items():
         answer = timed(call)
@@ -137,11 +159,13 @@ def test_database_outage_answers_503_then_recovers_without_a_restart(
     assert page.headers["Content-Type"].startswith("text/html")
     assert "briefly unavailable" in page.text and "Traceback" not in page.text
     assert "pymongo" not in page.text.lower()
-    posted = timed(lambda: api.post(form_path, data={"pan": later_card,
-                                                     "_xsrf": token.group(1)}))
+    posted = timed(lambda: api.post(form_path, data={"pan": later_card, "_xsrf": token.group(1)}))
     assert posted.status_code == 503 and "briefly unavailable" in posted.text
-    arabic = timed(lambda: api.get(f"/cashout/claim/{provider.name}/{pending[0]}",
-                                   headers={"Accept-Language": "ar"}))
+    arabic = timed(
+        lambda: api.get(
+            f"/cashout/claim/{provider.name}/{pending[0]}", headers={"Accept-Language": "ar"}
+        )
+    )
     assert arabic.status_code == 503 and "الخدمة غير متاحة مؤقتًا" in arabic.text
     assert timed(lambda: api.get("/healthz")).status_code == 200
     ready = timed(lambda: api.get("/readyz"))
@@ -156,8 +180,11 @@ def test_database_outage_answers_503_then_recovers_without_a_restart(
 
     def generates() -> bool:
         try:
-            answer = api.post(f"/cashout/generate/{provider.name}", headers=provider.headers,
-                              json={"amount": 11, "id": "after-outage"})
+            answer = api.post(
+                f"/cashout/generate/{provider.name}",
+                headers=provider.headers,
+                json={"amount": 11, "id": "after-outage"},
+            )
         except httpx.TransportError as exc:
             last[:] = [type(exc).__name__]
             return False
@@ -177,8 +204,11 @@ def test_database_outage_answers_503_then_recovers_without_a_restart(
     assert datetime.fromisoformat(final["attempts"][0]["finished_at"]) >= restarted_at
     assert ledger.applied_count(tran_uuid) == 1
     assert ledger.applied_total_to(flying_card) == 50
-    wait_until(lambda: delivered(receiver, path)[event_id(flying)] >= 1, 20,
-               what="the in-flight claim's webhook")
+    wait_until(
+        lambda: delivered(receiver, path)[event_id(flying)] >= 1,
+        20,
+        what="the in-flight claim's webhook",
+    )
 
     # Nothing half-written: what failed left no trace, what existed is intact.
     mongo: pymongo.MongoClient[Any] = pymongo.MongoClient(database.uri, tz_aware=True)
@@ -200,8 +230,11 @@ def test_database_outage_answers_503_then_recovers_without_a_restart(
     assert ledger.applied_total_to(later_card) == 21
     form = api.get(f"/cashout/claim/{provider.name}/{pending[0]}")
     assert form.status_code == 200 and 'name="pan"' in form.text
-    wait_until(lambda: delivered(receiver, path)[event_id(pending[1])] >= 1, 20,
-               what="the later claim's webhook")
+    wait_until(
+        lambda: delivered(receiver, path)[event_id(pending[1])] >= 1,
+        20,
+        what="the later claim's webhook",
+    )
     assert dict(delivered(receiver, path)) == {event_id(flying): 1, event_id(pending[1]): 1}
     assert all(c.verified_by == (0,) for c in receiver.calls_to(path))
     assert ledger.balance(provider.pan) == start_balance - 50 - 21
@@ -210,19 +243,26 @@ def test_database_outage_answers_503_then_recovers_without_a_restart(
 
 
 @pytest.fixture()
-def stall_server(server_factory: Any, own_database: Database, tmp_path: Path
-                 ) -> Iterator[ServerProcess]:
-    env = {**FAST_RECONCILE, "CASHOUT_MONGODB_URI": own_database.uri,
-           "CASHOUT_DB_TIMEOUT_MS": "2000", "CASHOUT_MOCK_LATENCY_MS": "1000",
-           "CASHOUT_ATTEMPT_LEASE": "2.5", "CASHOUT_DATA_DIR": str(tmp_path / "data"),
-           "CASHOUT_DB_NAME": unique_name("stall").replace("-", "_")}
+def stall_server(
+    server_factory: Any, own_database: Database, tmp_path: Path
+) -> Iterator[ServerProcess]:
+    env = {
+        **FAST_RECONCILE,
+        "CASHOUT_MONGODB_URI": own_database.uri,
+        "CASHOUT_DB_TIMEOUT_MS": "2000",
+        "CASHOUT_MOCK_LATENCY_MS": "1000",
+        "CASHOUT_ATTEMPT_LEASE": "2.5",
+        "CASHOUT_DATA_DIR": str(tmp_path / "data"),
+        "CASHOUT_DB_NAME": unique_name("stall").replace("-", "_"),
+    }
     server = server_factory(env)
     yield server
     server.stop()
 
 
 def test_database_stall_longer_than_the_lease_does_not_pay_twice(
-        stall_server: ServerProcess, own_database: Database) -> None:
+    stall_server: ServerProcess, own_database: Database
+) -> None:
     """The database freezes (SIGSTOP) just after a claim is submitted, for longer than the
     attempt's lease, while the transfer is about to be sent. When it thaws, the live call
     and reconciliation wake up together: only one of them may act on the attempt. (Where the
@@ -242,8 +282,11 @@ def test_database_stall_longer_than_the_lease_does_not_pay_twice(
     stalled = time.monotonic()
     try:
         stall = float(server.env["CASHOUT_ATTEMPT_LEASE"]) + 1
-        wait_until(lambda: time.monotonic() - stalled >= stall, stall + 5,
-                   what="the stall to outlast the attempt's lease")
+        wait_until(
+            lambda: time.monotonic() - stalled >= stall,
+            stall + 5,
+            what="the stall to outlast the attempt's lease",
+        )
     finally:
         os.kill(database.proc.pid, signal.SIGCONT)
     final = provider.wait(uuid, "succeeded", "failed")
@@ -260,8 +303,14 @@ def test_database_stall_longer_than_the_lease_does_not_pay_twice(
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory, log_dir: Path) -> Iterator[Simulator]:
     """The EBS simulator on a fixed port, so it can be stopped and started again in place."""
-    simulator = Simulator(tmp_path_factory.mktemp("sim-faults"), log_dir / "simulator-faults.log",
-                          "--port", str(free_port()), "--slow-seconds", "3").start()
+    simulator = Simulator(
+        tmp_path_factory.mktemp("sim-faults"),
+        log_dir / "simulator-faults.log",
+        "--port",
+        str(free_port()),
+        "--slow-seconds",
+        "3",
+    ).start()
     yield simulator
     proc = simulator.proc
     if proc is not None and proc.poll() is None:
@@ -271,10 +320,17 @@ def sim(tmp_path_factory: pytest.TempPathFactory, log_dir: Path) -> Iterator[Sim
 
 @pytest.fixture(scope="module")
 def ebs_provider(server_factory: Any, sim: Simulator) -> Provider:
-    server = server_factory({
-        **FAST_RECONCILE, "CASHOUT_GATEWAY": "ebs", "CASHOUT_EBS_URL": sim.url,
-        "CASHOUT_EBS_APPLICATION_ID": "ACTSCon", "CASHOUT_EBS_CONNECT_TIMEOUT": "1",
-        "CASHOUT_EBS_REQUEST_TIMEOUT": "1", "CASHOUT_ATTEMPT_LEASE": "10"})
+    server = server_factory(
+        {
+            **FAST_RECONCILE,
+            "CASHOUT_GATEWAY": "ebs",
+            "CASHOUT_EBS_URL": sim.url,
+            "CASHOUT_EBS_APPLICATION_ID": "ACTSCon",
+            "CASHOUT_EBS_CONNECT_TIMEOUT": "1",
+            "CASHOUT_EBS_REQUEST_TIMEOUT": "1",
+            "CASHOUT_ATTEMPT_LEASE": "10",
+        }
+    )
     return Provider.register(server)
 
 
@@ -305,8 +361,9 @@ def stay_processing(db: Any, uuids: list[str], looks: int = 4, timeout: float = 
     wait_until(looked_at_enough, timeout, what="reconciliation to look at every claim")
 
 
-def assert_paid_once(provider: Provider, sim: Simulator, claims: dict[str, tuple[str, int]]
-                     ) -> list[int]:
+def assert_paid_once(
+    provider: Provider, sim: Simulator, claims: dict[str, tuple[str, int]]
+) -> list[int]:
     """Every claim succeeded and the simulator's ledger moved its amount once; returns how
     many attempts each claim took."""
     attempts = []
@@ -325,7 +382,8 @@ def assert_paid_once(provider: Provider, sim: Simulator, claims: dict[str, tuple
 
 
 def test_gateway_refusing_connections_keeps_claims_processing_until_it_is_back(
-        ebs_provider: Provider, sim: Simulator, mongo: Any) -> None:
+    ebs_provider: Provider, sim: Simulator, mongo: Any
+) -> None:
     provider = ebs_provider
     db = mongo[provider.server.env["CASHOUT_DB_NAME"]]
     claims = claims_for(provider, [31, 32, 33])
@@ -342,7 +400,8 @@ def test_gateway_refusing_connections_keeps_claims_processing_until_it_is_back(
 
 
 def test_gateway_hanging_keeps_claims_processing_until_it_answers(
-        ebs_provider: Provider, sim: Simulator, mongo: Any) -> None:
+    ebs_provider: Provider, sim: Simulator, mongo: Any
+) -> None:
     provider = ebs_provider
     db = mongo[provider.server.env["CASHOUT_DB_NAME"]]
     claims = claims_for(provider, [41, 42, 43])
@@ -365,7 +424,8 @@ def test_gateway_hanging_keeps_claims_processing_until_it_answers(
 
 
 def test_registration_while_the_gateway_is_down_is_not_a_rejected_card(
-        ebs_provider: Provider, sim: Simulator) -> None:
+    ebs_provider: Provider, sim: Simulator
+) -> None:
     """With no answer from the switch nothing is known about the card: the provider should
     be told to try again (503 unavailable), not that the card was rejected (400)."""
     body = provider_body(unique_name(), random_pan())
@@ -395,18 +455,28 @@ def final_state(doc: dict[str, Any], last4: str) -> bool:
     if doc["status"] in TERMINAL:
         return True
     attempts = doc["attempts"]
-    return (last4 == "0052" and doc["status"] == "pending" and bool(attempts)
-            and attempts[-1]["outcome"] == "declined")
+    return (
+        last4 == "0052"
+        and doc["status"] == "pending"
+        and bool(attempts)
+        and attempts[-1]["outcome"] == "declined"
+    )
 
 
 def test_kill_9_during_200_claims_pays_each_once_and_sends_each_event_once(
-        server_factory: Any, receiver: Receiver, mongo: Any, tmp_path: Path) -> None:
+    server_factory: Any, receiver: Receiver, mongo: Any, tmp_path: Path
+) -> None:
     rng = random.Random(KILL_SEED)
     # Warnings only: at info level this run logs thousands of hex ids, and the session's
     # leak check (tests.harness.leaks_in) matches a 4-digit IPIN between two hex letters.
-    env = {**FAST_WEBHOOKS, "CASHOUT_MOCK_LATENCY_MS": "300", "CASHOUT_PORT": str(free_port()),
-           "CASHOUT_DATA_DIR": str(tmp_path), "CASHOUT_LOG_LEVEL": "warning",
-           "CASHOUT_DB_NAME": unique_name("kill9").replace("-", "_")}
+    env = {
+        **FAST_WEBHOOKS,
+        "CASHOUT_MOCK_LATENCY_MS": "300",
+        "CASHOUT_PORT": str(free_port()),
+        "CASHOUT_DATA_DIR": str(tmp_path),
+        "CASHOUT_LOG_LEVEL": "warning",
+        "CASHOUT_DB_NAME": unique_name("kill9").replace("-", "_"),
+    }
     server = server_factory(env)
     path = "/hook/kill9"
     provider = Provider.register(server, endpoint=receiver.url(path))
@@ -445,11 +515,20 @@ def test_kill_9_during_200_claims_pays_each_once_and_sends_each_event_once(
         raise AssertionError(f"no definite answer to {method} {url}")
 
     def submit(i: int) -> None:
-        made = definite("POST", f"/cashout/generate/{provider.name}", (200, 201),
-                        headers=provider.headers, json={"amount": amounts[i], "id": f"k9-{i}"})
+        made = definite(
+            "POST",
+            f"/cashout/generate/{provider.name}",
+            (200, 201),
+            headers=provider.headers,
+            json={"amount": amounts[i], "id": f"k9-{i}"},
+        )
         uuid = made.json()["uuid"]
-        answer = definite("POST", f"/cashout/claim/{provider.name}", (202, 409),
-                          json={"id": uuid, "pan": cards[i]})
+        answer = definite(
+            "POST",
+            f"/cashout/claim/{provider.name}",
+            (202, 409),
+            json={"id": uuid, "pan": cards[i]},
+        )
         if answer.status_code == 409:  # our own earlier try won before the server died
             assert answer.json()["code"] == "already_claimed"
         with lock:
@@ -481,14 +560,21 @@ def test_kill_9_during_200_claims_pays_each_once_and_sends_each_event_once(
     def all_final() -> bool:
         docs = list(db.claims.find({"provider": provider.name}))
         return len(docs) == count and all(
-            final_state(d, last4s[by_uuid[d["_id"]]] or "") for d in docs)
+            final_state(d, last4s[by_uuid[d["_id"]]] or "") for d in docs
+        )
 
     wait_until(all_final, 90, interval=0.2, what="every claim to reach its final state")
     docs = {d["_id"]: d for d in db.claims.find({"provider": provider.name})}
     terminal = [u for u, d in docs.items() if d["status"] in TERMINAL]
-    wait_until(lambda: db.events.count_documents({"provider": provider.name,
-                                                  "status": "delivered"}) == len(terminal),
-               60, interval=0.2, what="every event to be delivered")
+    wait_until(
+        lambda: (
+            db.events.count_documents({"provider": provider.name, "status": "delivered"})
+            == len(terminal)
+        ),
+        60,
+        interval=0.2,
+        what="every event to be delivered",
+    )
     settled = time.monotonic() - started
 
     # Money: each succeeded claim paid exactly once, nothing for the others, none created.
@@ -500,9 +586,18 @@ def test_kill_9_during_200_claims_pays_each_once_and_sends_each_event_once(
         tran_uuids = [a["tran_uuid"] for a in doc["attempts"]]
         ours.update(tran_uuids)
         applied = sum(ledger.applied_count(t) for t in tran_uuids)
-        seen = (uuid, last4, doc["status"], doc.get("response_code"),
-                [(a["outcome"], a["code"], ledger.applied_count(a["tran_uuid"]))
-                 for a in doc["attempts"]], ledger.applied_total_to(cards[i]), amounts[i])
+        seen = (
+            uuid,
+            last4,
+            doc["status"],
+            doc.get("response_code"),
+            [
+                (a["outcome"], a["code"], ledger.applied_count(a["tran_uuid"]))
+                for a in doc["attempts"]
+            ],
+            ledger.applied_total_to(cards[i]),
+            amounts[i],
+        )
         if last4 == "0051":
             assert (doc["status"], doc["response_code"]) == ("failed", 51), seen
         elif last4 == "0092":
@@ -526,8 +621,9 @@ def test_kill_9_during_200_claims_pays_each_once_and_sends_each_event_once(
 
     # Events: one per terminal claim, none for the others, each delivered once and verified.
     for uuid, doc in docs.items():
-        assert db.events.count_documents({"claim": uuid}) == \
-            (1 if doc["status"] in TERMINAL else 0), uuid
+        assert db.events.count_documents({"claim": uuid}) == (
+            1 if doc["status"] in TERMINAL else 0
+        ), uuid
     assert db.claims.count_documents({"provider": provider.name, "notify": True}) == 0
     calls = receiver.calls_to(path)
     assert all(c.verified_by == (0,) for c in calls)
@@ -544,8 +640,11 @@ def test_kill_9_during_200_claims_pays_each_once_and_sends_each_event_once(
             continue
         first = min(c.at for c in calls if c.webhook_id == eid and c.answered == 200)
         kill = min((k for k in kill_times if k >= first), default=None)
-        recorded = [a["at"].timestamp() for a in db.events.find_one({"_id": eid})["attempts"]
-                    if a["http_status"] == 200]
+        recorded = [
+            a["at"].timestamp()
+            for a in db.events.find_one({"_id": eid})["attempts"]
+            if a["http_status"] == 200
+        ]
         assert n == 2 and kill is not None and kill - first < 1.0, (eid, n, first, kill_times)
         assert len(recorded) == 1 and recorded[0] > kill, (eid, recorded, kill)
         resent.append(eid)
@@ -553,12 +652,13 @@ def test_kill_9_during_200_claims_pays_each_once_and_sends_each_event_once(
         body = call.payload
         doc = docs[body["uuid"]]
         assert call.webhook_id == event_id(body["uuid"]) and body["status"] == doc["status"]
-        assert body["details"]["amount"] == (doc["amount"] if doc["status"] == "succeeded"
-                                             else 0)
-    print(f"kill -9 x{KILLS} after {kill_after} submissions: {dict(answers)} answers; "
-          f"submitted in {submitting:.1f}s, all final and delivered in {settled:.1f}s; "
-          f"{Counter(d['status'] for d in docs.values())}; {len(resent)} events sent twice "
-          "because a kill came between the receiver's 200 and its record")
+        assert body["details"]["amount"] == (doc["amount"] if doc["status"] == "succeeded" else 0)
+    print(
+        f"kill -9 x{KILLS} after {kill_after} submissions: {dict(answers)} answers; "
+        f"submitted in {submitting:.1f}s, all final and delivered in {settled:.1f}s; "
+        f"{Counter(d['status'] for d in docs.values())}; {len(resent)} events sent twice "
+        "because a kill came between the receiver's 200 and its record"
+    )
 
 
 # -- 4. slow and oversized clients -----------------------------------------------------------
@@ -587,11 +687,13 @@ def test_slow_and_oversized_clients_do_not_starve_the_others(server_factory: Any
     server = server_factory()
     provider = Provider.register(server)
     port = server.port
-    slow_head = (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: "
-                 + b"a" * 200 + b"\r\n\r\n")
-    slow_body_head = (f"POST /cashout/generate/{provider.name} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                      "Content-Type: application/json\r\nContent-Length: 2000000\r\n\r\n"
-                      ).encode()
+    slow_head = (
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"a" * 200 + b"\r\n\r\n"
+    )
+    slow_body_head = (
+        f"POST /cashout/generate/{provider.name} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: application/json\r\nContent-Length: 2000000\r\n\r\n"
+    ).encode()
     sockets: list[socket.socket] = []
     dribblers: list[tuple[socket.socket, bytes]] = []
     stop = threading.Event()
@@ -600,7 +702,7 @@ def test_slow_and_oversized_clients_do_not_starve_the_others(server_factory: Any
         for i in range(60):  # at most a minute, a byte a second on every slow connection
             for sock, data in dribblers:
                 try:
-                    sock.send(data[i % len(data):i % len(data) + 1])
+                    sock.send(data[i % len(data) : i % len(data) + 1])
                 except OSError:
                     pass
             if stop.wait(1.0):
@@ -624,9 +726,10 @@ def test_slow_and_oversized_clients_do_not_starve_the_others(server_factory: Any
 
         # 10 MB announced and sent: dropped after the headers, never buffered.
         big = connect()
-        big.sendall(f"POST /cashout/generate/{provider.name} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                    "Content-Type: application/json\r\nContent-Length: 10485760\r\n\r\n"
-                    .encode())
+        big.sendall(
+            f"POST /cashout/generate/{provider.name} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Type: application/json\r\nContent-Length: 10485760\r\n\r\n".encode()
+        )
         refused_at = time.monotonic()
         assert closed_while_sending(big, 10 * 1024 * 1024)
         assert time.monotonic() - refused_at < HANG_BOUND
@@ -635,9 +738,13 @@ def test_slow_and_oversized_clients_do_not_starve_the_others(server_factory: Any
         with httpx.Client(base_url=server.url, timeout=HANG_BOUND) as client:
             for _ in range(20):
                 assert timed(lambda: client.get("/healthz")).status_code == 200
-            made = timed(lambda: client.post(f"/cashout/generate/{provider.name}",
-                                             headers=provider.headers,
-                                             json={"amount": 5, "id": "while-slowloris"}))
+            made = timed(
+                lambda: client.post(
+                    f"/cashout/generate/{provider.name}",
+                    headers=provider.headers,
+                    json={"amount": 5, "id": "while-slowloris"},
+                )
+            )
             assert made.status_code == 201
             page = timed(lambda: client.get(made.json()["url"]))
             assert page.status_code == 200 and 'name="pan"' in page.text
@@ -662,5 +769,4 @@ def test_slow_and_oversized_clients_do_not_starve_the_others(server_factory: Any
             dripping.join(10)
         for sock in sockets:
             sock.close()
-    assert timed(lambda: httpx.get(server.url + "/healthz", timeout=HANG_BOUND)).status_code \
-        == 200
+    assert timed(lambda: httpx.get(server.url + "/healthz", timeout=HANG_BOUND)).status_code == 200

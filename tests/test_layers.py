@@ -20,15 +20,20 @@ def imported(path: Path) -> set[str]:
 
 
 def test_gateways_import_no_web_framework_database_or_server() -> None:
-    bad = {str(p.relative_to(ROOT)): sorted(imported(p) & {"tornado", "motor", "pymongo",
-                                                           "server", "handlers"})
-           for p in (ROOT / "gateways").glob("*.py")}
+    bad = {
+        str(p.relative_to(ROOT)): sorted(
+            imported(p) & {"tornado", "motor", "pymongo", "server", "handlers"}
+        )
+        for p in (ROOT / "gateways").glob("*.py")
+    }
     assert not {k: v for k, v in bad.items() if v}
 
 
 def test_only_the_store_talks_to_mongodb() -> None:
-    users = sorted(str(p.relative_to(ROOT))
-                   for folder in ("server", "handlers", "gateways")
-                   for p in (ROOT / folder).glob("*.py")
-                   if imported(p) & {"motor", "pymongo"})
+    users = sorted(
+        str(p.relative_to(ROOT))
+        for folder in ("server", "handlers", "gateways")
+        for p in (ROOT / folder).glob("*.py")
+        if imported(p) & {"motor", "pymongo"}
+    )
     assert users == ["server/store.py"]

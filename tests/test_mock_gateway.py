@@ -152,8 +152,9 @@ def test_verify_card_and_ipin(tmp_path: Path) -> None:
                 await gw.verify_card(card),
                 await gw.verify_card(Card(card.pan, card.exp_date, "9999")),
                 await gw.verify_card(Card(luhn_card("1111"), "2001", "1234")),
-                await gw.transfer(request(Card(card.pan, card.exp_date, "9999"),
-                                          luhn_card("4321"))),
+                await gw.transfer(
+                    request(Card(card.pan, card.exp_date, "9999"), luhn_card("4321"))
+                ),
                 await gw.transfer(request(card, luhn_card("4321"))),
                 await gw.is_alive(),
             ]
@@ -221,7 +222,9 @@ def test_kill_9_mid_transfer_is_settled_by_status(tmp_path: Path, kill_after_app
     tran_uuid = str(uuid.uuid4())
     proc = subprocess.Popen(
         [sys.executable, "-c", _CHILD, str(tmp_path), tran_uuid, card.pan, to_pan],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "started"

@@ -32,16 +32,27 @@ from tests.harness import (
 from tests.receiver import Receiver
 from tests.test_webhooks import FAST_WEBHOOKS
 
-SLOW_ROUNDS = {"CASHOUT_RECONCILE_INTERVAL": "3600", "CASHOUT_SETTLE_GRACE": "0",
-               "CASHOUT_ATTEMPT_LEASE": "3", "CASHOUT_WEBHOOK_SWEEP_INTERVAL": "0.2"}
+SLOW_ROUNDS = {
+    "CASHOUT_RECONCILE_INTERVAL": "3600",
+    "CASHOUT_SETTLE_GRACE": "0",
+    "CASHOUT_ATTEMPT_LEASE": "3",
+    "CASHOUT_WEBHOOK_SWEEP_INTERVAL": "0.2",
+}
 
 
 def admin(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYTHON, "-m", "server", "admin", *args], cwd=ROOT, env=server.env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [PYTHON, "-m", "server", "admin", *args],
+        cwd=ROOT,
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 # -- health and metrics -------------------------------------------------------------------
+
 
 def test_health_and_readiness(server: ServerProcess) -> None:
     health = httpx.get(server.url + "/healthz")
@@ -63,8 +74,9 @@ def sample(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
-def test_metrics_cover_requests_claims_payments_and_webhooks(server_factory: Any,
-                                                             receiver: Receiver) -> None:
+def test_metrics_cover_requests_claims_payments_and_webhooks(
+    server_factory: Any, receiver: Receiver
+) -> None:
     server = server_factory(FAST_WEBHOOKS)
     provider = Provider.register(server, endpoint=receiver.url("/metrics-hook"))
     receiver.behave("/metrics-hook", secrets=[provider.webhook_secret])
@@ -79,15 +91,45 @@ def test_metrics_cover_requests_claims_payments_and_webhooks(server_factory: Any
         return text if done else None
 
     text = wait_until(scraped, 10, what="the webhook to be counted")
-    assert sample(text, "cashout_http_requests_total", method="POST",
-                  route="/cashout/generate/{name}", status="201") == 1
-    assert sample(text, "cashout_http_request_duration_seconds_count",
-                  route="/cashout/generate/{name}") == 1
+    assert (
+        sample(
+            text,
+            "cashout_http_requests_total",
+            method="POST",
+            route="/cashout/generate/{name}",
+            status="201",
+        )
+        == 1
+    )
+    assert (
+        sample(
+            text, "cashout_http_request_duration_seconds_count", route="/cashout/generate/{name}"
+        )
+        == 1
+    )
     assert sample(text, "cashout_claims", status="failed") == 1
-    assert sample(text, "cashout_payment_attempts_total", gateway="mock", call="transfer",
-                  outcome="declined", code="51") == 1
-    assert sample(text, "cashout_payment_attempts_total", gateway="mock", call="verify",
-                  outcome="ok", code="0") == 1
+    assert (
+        sample(
+            text,
+            "cashout_payment_attempts_total",
+            gateway="mock",
+            call="transfer",
+            outcome="declined",
+            code="51",
+        )
+        == 1
+    )
+    assert (
+        sample(
+            text,
+            "cashout_payment_attempts_total",
+            gateway="mock",
+            call="verify",
+            outcome="ok",
+            code="0",
+        )
+        == 1
+    )
     assert sample(text, "cashout_reconcile_backlog") == 0
     assert sample(text, "cashout_webhook_outbox_lag_seconds") == 0
     assert sample(text, "cashout_webhook_events", status="delivered") == 1
@@ -98,6 +140,7 @@ def test_metrics_cover_requests_claims_payments_and_webhooks(server_factory: Any
 
 
 # -- logs --------------------------------------------------------------------------------
+
 
 def test_request_lines_name_the_route_never_the_claim(server_factory: Any) -> None:
     server = server_factory({"CASHOUT_LOG_FORMAT": "json"})
@@ -110,18 +153,24 @@ def test_request_lines_name_the_route_never_the_claim(server_factory: Any) -> No
     requests = [e for e in lines if e["logger"] == "cashout.access"]
     assert {"method", "route", "status", "duration_ms"} <= set(requests[-1])
     assert {"GET", "/cashout/claim/{name}/{uuid}", 200} <= {
-        v for e in requests for v in (e["method"], e["route"], e["status"])}
+        v for e in requests for v in (e["method"], e["route"], e["status"])
+    }
     assert uuid not in server.log(), "the claim URL is a bearer secret"
 
 
-@pytest.mark.parametrize("formatter", [MaskingFormatter(), JsonFormatter()],
-                         ids=["text", "json"])
+@pytest.mark.parametrize("formatter", [MaskingFormatter(), JsonFormatter()], ids=["text", "json"])
 def test_the_log_formatter_masks_what_slips_through(formatter: logging.Formatter) -> None:
     pan19, pan16 = random_pan(length=19), random_pan()
     key, secret = "ck_live_" + "A1b2" * 10, "whsec_" + "Qk9PT0s=" * 4
-    record = logging.LogRecord("x", logging.ERROR, __file__, 1,
-                               "cards %s and %s, key %s, secret %s, ref 12345678901 ok",
-                               (pan19, pan16, key, secret), None)
+    record = logging.LogRecord(
+        "x",
+        logging.ERROR,
+        __file__,
+        1,
+        "cards %s and %s, key %s, secret %s, ref 12345678901 ok",
+        (pan19, pan16, key, secret),
+        None,
+    )
     text = formatter.format(record)
     for leaked in (pan19, pan16, key, secret, secret.removeprefix("whsec_")):
         assert leaked not in text
@@ -131,19 +180,27 @@ def test_the_log_formatter_masks_what_slips_through(formatter: logging.Formatter
 
 # -- several processes -------------------------------------------------------------------
 
+
 def test_several_processes_share_the_port_and_shut_down_together(
-        log_dir: Path, tmp_path: Path) -> None:
+    log_dir: Path, tmp_path: Path
+) -> None:
     port = free_port()
-    env = {**{k: v for k, v in os.environ.items() if k != "CASHOUT_MONGODB_URI"},
-           "CASHOUT_PROCESSES": "2", "CASHOUT_DATA_DIR": str(tmp_path),
-           "CASHOUT_PORT": str(port)}
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "CASHOUT_MONGODB_URI"},
+        "CASHOUT_PROCESSES": "2",
+        "CASHOUT_DATA_DIR": str(tmp_path),
+        "CASHOUT_PORT": str(port),
+    }
     server = ServerProcess(log_dir, env, name="processes")
     server.env = env | {"CASHOUT_PUBLIC_URL": f"http://127.0.0.1:{port}"}
     server.start(timeout=60)
     try:
+
         def both_answer() -> bool:
-            pids = {httpx.get(server.url + "/healthz", headers={"Connection": "close"})
-                    .json()["pid"] for _ in range(20)}
+            pids = {
+                httpx.get(server.url + "/healthz", headers={"Connection": "close"}).json()["pid"]
+                for _ in range(20)
+            }
             return len(pids) == 2
 
         wait_until(both_answer, 30, what="both workers to answer on the shared port")
@@ -151,9 +208,16 @@ def test_several_processes_share_the_port_and_shut_down_together(
         for i in range(6):
             provider.generate(5, ref=f"p{i}")
         text = httpx.get(server.url + "/metrics").text
-        assert sample(text, "cashout_http_requests_total", method="POST",
-                      route="/cashout/generate/{name}", status="201") == 6, \
-            "counters add up across the workers"
+        assert (
+            sample(
+                text,
+                "cashout_http_requests_total",
+                method="POST",
+                route="/cashout/generate/{name}",
+                status="201",
+            )
+            == 6
+        ), "counters add up across the workers"
     finally:
         assert server.stop(signal.SIGTERM) == 0
     assert "supervising 2 workers" in server.log()
@@ -162,9 +226,11 @@ def test_several_processes_share_the_port_and_shut_down_together(
 
 # -- graceful shutdown -------------------------------------------------------------------
 
+
 def test_sigterm_lets_an_in_flight_transfer_finish(server_factory: Any, mongo: Any) -> None:
-    server = server_factory({"CASHOUT_MOCK_LATENCY_MS": "2000", **FAST_RECONCILE,
-                             "CASHOUT_ATTEMPT_LEASE": "5"})
+    server = server_factory(
+        {"CASHOUT_MOCK_LATENCY_MS": "2000", **FAST_RECONCILE, "CASHOUT_ATTEMPT_LEASE": "5"}
+    )
     provider = Provider.register(server)
     uuid = provider.generate(60)
     card = random_pan()
@@ -175,11 +241,16 @@ def test_sigterm_lets_an_in_flight_transfer_finish(server_factory: Any, mongo: A
     assert provider.ledger.applied_total_to(card) == 60
 
 
-def test_past_the_deadline_the_transfer_is_left_to_reconciliation(server_factory: Any,
-                                                                   mongo: Any) -> None:
-    env = {"CASHOUT_MOCK_LATENCY_MS": "4000", **FAST_RECONCILE, "CASHOUT_ATTEMPT_LEASE": "6",
-           "CASHOUT_SHUTDOWN_TIMEOUT": "0.5",
-           "CASHOUT_DB_NAME": unique_name("shut").replace("-", "_")}
+def test_past_the_deadline_the_transfer_is_left_to_reconciliation(
+    server_factory: Any, mongo: Any
+) -> None:
+    env = {
+        "CASHOUT_MOCK_LATENCY_MS": "4000",
+        **FAST_RECONCILE,
+        "CASHOUT_ATTEMPT_LEASE": "6",
+        "CASHOUT_SHUTDOWN_TIMEOUT": "0.5",
+        "CASHOUT_DB_NAME": unique_name("shut").replace("-", "_"),
+    }
     server = server_factory(env)
     env["CASHOUT_DATA_DIR"] = server.env["CASHOUT_DATA_DIR"]
     provider = Provider.register(server)
@@ -197,17 +268,29 @@ def test_past_the_deadline_the_transfer_is_left_to_reconciliation(server_factory
 
 # -- admin commands ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("task", ["providers", "rotate-keys", "reconcile", "redeliver",
-                                  "expire", "new-key"])
+
+@pytest.mark.parametrize(
+    "task", ["providers", "rotate-keys", "reconcile", "redeliver", "expire", "new-key"]
+)
 def test_every_admin_task_has_help(task: str) -> None:
-    result = subprocess.run([PYTHON, "-m", "server", "admin", task, "--help"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [PYTHON, "-m", "server", "admin", task, "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0 and "usage:" in result.stdout
 
 
 def test_admin_errors_are_clear(server: ServerProcess) -> None:
-    unknown = subprocess.run([PYTHON, "-m", "server", "admin", "explode"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=60)
+    unknown = subprocess.run(
+        [PYTHON, "-m", "server", "admin", "explode"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert unknown.returncode == 2 and "invalid choice" in unknown.stderr
     unfiltered = admin(server, "redeliver")
     assert unfiltered.returncode == 2 and "--all" in unfiltered.stderr
@@ -234,8 +317,11 @@ def test_admin_reconcile_settles_unknown_outcomes_now(server_factory: Any) -> No
     card = luhn_card("0091")  # times out at the switch, but the money moved
     remember(card)
     provider.claim(uuid, card)
-    wait_until(lambda: provider.status(uuid)["attempts"][0]["outcome"] == "unknown", 10,
-               what="the transfer to come back unknown")
+    wait_until(
+        lambda: provider.status(uuid)["attempts"][0]["outcome"] == "unknown",
+        10,
+        what="the transfer to come back unknown",
+    )
     assert provider.status(uuid)["status"] == "processing"
     result = admin(server, "reconcile")
     assert result.returncode == 0, result.stderr[-300:]
@@ -243,15 +329,15 @@ def test_admin_reconcile_settles_unknown_outcomes_now(server_factory: Any) -> No
     assert provider.ledger.applied_total_to(card) == 30
 
 
-def test_admin_expire_and_redeliver(server_factory: Any, receiver: Receiver,
-                                    mongo: Any) -> None:
+def test_admin_expire_and_redeliver(server_factory: Any, receiver: Receiver, mongo: Any) -> None:
     server = server_factory(SLOW_ROUNDS)
     path = "/admin-hook"
     provider = Provider.register(server, endpoint=receiver.url(path))
     receiver.behave(path, secrets=[provider.webhook_secret])
     uuid = provider.generate(30)
     mongo[server.env["CASHOUT_DB_NAME"]].claims.update_one(
-        {"_id": uuid}, {"$set": {"expires_at": datetime.now() - timedelta(minutes=1)}})
+        {"_id": uuid}, {"$set": {"expires_at": datetime.now() - timedelta(minutes=1)}}
+    )
     assert provider.status(uuid)["status"] == "pending", "no sweep ran in this server"
 
     expired = admin(server, "expire")
@@ -262,16 +348,30 @@ def test_admin_expire_and_redeliver(server_factory: Any, receiver: Receiver,
 
     again = admin(server, "redeliver", "--provider", provider.name)
     assert again.returncode == 0 and "1 events queued" in again.stdout
-    calls = wait_until(lambda: (c := receiver.calls_to(path)) and len(c) == 2 and c, 10,
-                       what="the redelivery")
+    calls = wait_until(
+        lambda: (c := receiver.calls_to(path)) and len(c) == 2 and c, 10, what="the redelivery"
+    )
     assert calls[1].webhook_id == first.webhook_id and calls[1].verified_by == (0,)
-    wait_until(lambda: provider.client.get(
-        f"/cashout/webhooks/{provider.name}", params={"status": "delivered"},
-        headers=provider.headers).json()["events"], 10, what="the redelivery to be recorded")
+    wait_until(
+        lambda: provider.client.get(
+            f"/cashout/webhooks/{provider.name}",
+            params={"status": "delivered"},
+            headers=provider.headers,
+        ).json()["events"],
+        10,
+        what="the redelivery to be recorded",
+    )
     now = datetime.now(UTC)
-    window = admin(server, "redeliver", "--status", "delivered",
-                   "--since", (now - timedelta(minutes=5)).isoformat(),
-                   "--until", (now + timedelta(minutes=5)).isoformat())
+    window = admin(
+        server,
+        "redeliver",
+        "--status",
+        "delivered",
+        "--since",
+        (now - timedelta(minutes=5)).isoformat(),
+        "--until",
+        (now + timedelta(minutes=5)).isoformat(),
+    )
     assert window.returncode == 0 and "1 events queued" in window.stdout
     wait_until(lambda: len(receiver.calls_to(path)) == 3, 10, what="the time-range redelivery")
     past = admin(server, "redeliver", "--until", (now - timedelta(days=1)).isoformat())

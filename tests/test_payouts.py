@@ -42,10 +42,10 @@ MAGIC = [
 ]
 
 
-@pytest.mark.parametrize(("last4", "final", "code", "attempts"), MAGIC,
-                         ids=[m[0] for m in MAGIC])
-def test_magic_cards_reach_their_documented_state(provider: Provider, last4: str, final: str,
-                                                  code: int | None, attempts: int) -> None:
+@pytest.mark.parametrize(("last4", "final", "code", "attempts"), MAGIC, ids=[m[0] for m in MAGIC])
+def test_magic_cards_reach_their_documented_state(
+    provider: Provider, last4: str, final: str, code: int | None, attempts: int
+) -> None:
     uuid = provider.generate(150)
     to_pan = luhn_card(last4)
     before = provider.ledger.balance(provider.pan)
@@ -54,20 +54,25 @@ def test_magic_cards_reach_their_documented_state(provider: Provider, last4: str
     assert answer.json()["card"] == "****" + last4 and to_pan not in answer.text
 
     claim = provider.wait(uuid, "succeeded", "failed")
-    assert (claim["status"], claim["response_code"], len(claim["attempts"])) == \
-        (final, code, attempts)
+    assert (claim["status"], claim["response_code"], len(claim["attempts"])) == (
+        final,
+        code,
+        attempts,
+    )
     moved = 150 if final == "succeeded" else 0
     assert moved_to(provider.ledger, to_pan) == moved
     assert provider.ledger.balance(provider.pan) == before - moved
     for attempt in claim["attempts"]:
-        assert provider.ledger.applied_count(attempt["tran_uuid"]) == \
-            (1 if attempt["outcome"] == "approved" else 0)
+        assert provider.ledger.applied_count(attempt["tran_uuid"]) == (
+            1 if attempt["outcome"] == "approved" else 0
+        )
     assert provider.ledger.money_is_conserved()
 
 
 @pytest.mark.parametrize("last4", ["0052", "0072"])
 def test_customer_fixable_declines_return_to_pending_then_fail_after_three(
-        provider: Provider, last4: str) -> None:
+    provider: Provider, last4: str
+) -> None:
     uuid = provider.generate(80)
     for attempt in range(1, 4):
         assert provider.claim(uuid, luhn_card(last4)).status_code == 202
@@ -102,13 +107,13 @@ def test_claim_errors(provider: Provider) -> None:
     assert provider.status(uuid)["status"] == "pending"
     unknown = provider.claim("00000000-0000-4000-8000-000000000000", random_pan())
     assert unknown.status_code == 404 and unknown.json()["code"] == "not_found"
-    wrong_provider = provider.client.post("/cashout/claim/someone-else",
-                                          json={"id": uuid, "pan": random_pan()})
+    wrong_provider = provider.client.post(
+        "/cashout/claim/someone-else", json={"id": uuid, "pan": random_pan()}
+    )
     assert wrong_provider.status_code == 404
     schema = provider.client.post(f"/cashout/claim/{provider.name}", json={"id": "x"})
     assert schema.status_code == 400 and schema.json()["code"] == "invalid_request"
-    provider.client.post(f"/cashout/claims/{provider.name}/{uuid}/cancel",
-                         headers=provider.headers)
+    provider.client.post(f"/cashout/claims/{provider.name}/{uuid}/cancel", headers=provider.headers)
     cancelled = provider.claim(uuid, random_pan())
     assert cancelled.status_code == 410 and cancelled.json()["code"] == "claim_cancelled"
 
@@ -117,8 +122,9 @@ def test_pending_claims_expire(provider: Provider, mongo: Any) -> None:
     uuid = provider.generate(10, expires_in=60)
     # Move the expiry into the past directly: waiting a minute would slow the suite.
     db = mongo[provider.server.env["CASHOUT_DB_NAME"]]
-    db.claims.update_one({"_id": uuid},
-                         {"$set": {"expires_at": datetime.now(UTC) - timedelta(seconds=1)}})
+    db.claims.update_one(
+        {"_id": uuid}, {"$set": {"expires_at": datetime.now(UTC) - timedelta(seconds=1)}}
+    )
     claim = provider.wait(uuid, "expired")  # the periodic sweep, with nobody looking
     assert claim["completed_at"] is not None
     late = provider.claim(uuid, random_pan())
@@ -136,8 +142,9 @@ def _xsrf(client: httpx.Client, path: str) -> tuple[str, str]:
 
 def test_form_without_xsrf_token_is_refused(provider: Provider) -> None:
     uuid = provider.generate(10)
-    response = provider.client.post(f"/cashout/claim/{provider.name}/{uuid}",
-                                    data={"pan": random_pan()})
+    response = provider.client.post(
+        f"/cashout/claim/{provider.name}/{uuid}", data={"pan": random_pan()}
+    )
     assert response.status_code == 403 and "text/html" in response.headers["content-type"]
     assert provider.status(uuid)["status"] == "pending"
 
@@ -151,14 +158,20 @@ def test_a_hundred_concurrent_submissions_pay_once(provider: Provider) -> None:
     before = provider.ledger.balance(provider.pan)
 
     async def burst() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=provider.server.url, timeout=60,
-                                     cookies={"_xsrf": cookie},
-                                     limits=httpx.Limits(max_connections=100)) as client:
+        async with httpx.AsyncClient(
+            base_url=provider.server.url,
+            timeout=60,
+            cookies={"_xsrf": cookie},
+            limits=httpx.Limits(max_connections=100),
+        ) as client:
             calls = []
             for i, card in enumerate(cards):
                 if i % 2:
-                    calls.append(client.post(f"/cashout/claim/{provider.name}",
-                                             json={"id": uuid, "pan": card}))
+                    calls.append(
+                        client.post(
+                            f"/cashout/claim/{provider.name}", json={"id": uuid, "pan": card}
+                        )
+                    )
                 else:
                     calls.append(client.post(path, data={"pan": card, "_xsrf": token}))
             return list(await asyncio.gather(*calls))
@@ -183,8 +196,9 @@ def test_a_hundred_concurrent_submissions_pay_once(provider: Provider) -> None:
 def test_a_gateway_chosen_by_dotted_path_and_its_words_are_masked(server_factory: Any) -> None:
     """``CASHOUT_GATEWAY=package.module:Class`` loads a third-party gateway; whatever text it
     returns is stored and shown only with card numbers masked."""
-    server = server_factory({**FAST_RECONCILE,
-                             "CASHOUT_GATEWAY": "tests.echo_gateway:EchoingGateway"})
+    server = server_factory(
+        {**FAST_RECONCILE, "CASHOUT_GATEWAY": "tests.echo_gateway:EchoingGateway"}
+    )
     provider = Provider.register(server)
     uuid = provider.generate(20)
     card = random_pan()
@@ -195,7 +209,8 @@ def test_a_gateway_chosen_by_dotted_path_and_its_words_are_masked(server_factory
     assert f"to ****{card[-4:]}".replace("****", "*" * 12) in claim["response_message"]
     refused_pan = random_pan()
     remember(refused_pan, "0000")
-    refused = provider.client.post("/cashout/register", json=provider_body(
-        unique_name(), refused_pan, ipin="0000"))
+    refused = provider.client.post(
+        "/cashout/register", json=provider_body(unique_name(), refused_pan, ipin="0000")
+    )
     assert refused.status_code == 400 and refused.json()["code"] == "card_rejected"
     assert refused_pan not in refused.text and refused_pan[-4:] in refused.text

@@ -49,6 +49,7 @@ FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 
 # -- cards -------------------------------------------------------------------------------------
 
+
 def luhn_reference(number: str) -> bool:
     """The Luhn check by the book: from the right, double every second digit, add the digits
     of every product, and the total must end in 0."""
@@ -96,23 +97,28 @@ def test_normalise_pan_accepts_a_valid_card_however_it_is_spaced(case: tuple[str
 def test_normalise_pan_refuses_a_card_with_one_digit_changed(pan: str, data: Any) -> None:
     i = data.draw(st.integers(0, len(pan) - 1), label="position")
     new = data.draw(st.sampled_from([d for d in DIGITS if d != pan[i]]), label="digit")
-    assert normalise_pan(pan[:i] + new + pan[i + 1:]) is None  # Luhn catches every one
+    assert normalise_pan(pan[:i] + new + pan[i + 1 :]) is None  # Luhn catches every one
 
 
 @FAST
-@given(st.integers(0, 40).filter(lambda n: n not in (16, 19)).flatmap(
-    lambda n: st.text(DIGITS, min_size=max(n - 1, 0), max_size=max(n - 1, 0))))
+@given(
+    st.integers(0, 40)
+    .filter(lambda n: n not in (16, 19))
+    .flatmap(lambda n: st.text(DIGITS, min_size=max(n - 1, 0), max_size=max(n - 1, 0)))
+)
 def test_normalise_pan_refuses_other_lengths_even_with_a_good_check_digit(body: str) -> None:
     assert normalise_pan(with_check_digit(body) if body else "") is None
 
 
 @FAST
-@given(st.one_of(
-    st.text(),
-    st.text(DIGITS + " -\t\n\u00a0\u2007\u0663\u00b2x", max_size=30),
-    pans().flatmap(typed),
-    pans().flatmap(typed).map(lambda t: t.replace("1", "\uff11")),  # a fullwidth digit
-))
+@given(
+    st.one_of(
+        st.text(),
+        st.text(DIGITS + " -\t\n\u00a0\u2007\u0663\u00b2x", max_size=30),
+        pans().flatmap(typed),
+        pans().flatmap(typed).map(lambda t: t.replace("1", "\uff11")),  # a fullwidth digit
+    )
+)
 @example("4111 1111 1111 1111")
 @example("\u0664" * 16)  # Arabic-Indic digits are digits to str.isdigit, not to a switch
 def test_normalise_pan_never_raises_and_accepts_exactly_spaced_valid_cards(text: str) -> None:
@@ -142,32 +148,56 @@ SCHEMA_NUMBERS = set(re.findall(r"\d+", " ".join(p.read_text() for p in SCHEMA_D
 NAMES = st.from_regex(r"\A[a-z0-9][a-z0-9_-]{2,63}\Z")
 IPINS = st.from_regex(r"\A[0-9]{4}\Z").filter(lambda s: s not in SCHEMA_NUMBERS)
 EXP_DATES = st.builds(lambda y, m: f"{y:02d}{m:02d}", st.integers(0, 99), st.integers(1, 12))
-SCHEMA_PANS = st.one_of(st.text(DIGITS, min_size=16, max_size=16),
-                        st.text(DIGITS, min_size=19, max_size=19))
+SCHEMA_PANS = st.one_of(
+    st.text(DIGITS, min_size=16, max_size=16), st.text(DIGITS, min_size=19, max_size=19)
+)
 
-REGISTER = st.fixed_dictionaries({
-    "name": NAMES, "pan": SCHEMA_PANS, "expDate": EXP_DATES, "ipin": IPINS,
-    "consent": st.booleans(), "endpoint": st.text(min_size=1, max_size=2048)})
+REGISTER = st.fixed_dictionaries(
+    {
+        "name": NAMES,
+        "pan": SCHEMA_PANS,
+        "expDate": EXP_DATES,
+        "ipin": IPINS,
+        "consent": st.booleans(),
+        "endpoint": st.text(min_size=1, max_size=2048),
+    }
+)
 GENERATE = st.fixed_dictionaries(
     {"amount": st.integers(min_value=1), "id": st.text(min_size=1, max_size=128)},
-    optional={"expires_in": st.integers(min_value=60)})
+    optional={"expires_in": st.integers(min_value=60)},
+)
 
-NOT_STRINGS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
-                        st.lists(st.integers(), max_size=2),
-                        st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+NOT_STRINGS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
 NOT_INTEGERS = st.one_of(
-    st.none(), st.booleans(), st.text(max_size=8),
+    st.none(),
+    st.booleans(),
+    st.text(max_size=8),
     st.floats(allow_nan=False),  # 100.0 too: amounts are written as integers
-    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers()))
-NOT_BOOLEANS = st.one_of(st.none(), st.integers(), st.text(max_size=5), st.floats(allow_nan=False),
-                         st.lists(st.booleans(), max_size=2))
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers()),
+)
+NOT_BOOLEANS = st.one_of(
+    st.none(),
+    st.integers(),
+    st.text(max_size=5),
+    st.floats(allow_nan=False),
+    st.lists(st.booleans(), max_size=2),
+)
 
 
 def not_matching(pattern: str, alphabet: str) -> st.SearchStrategy[str]:
     """Strings that the pattern refuses (a trailing newline aside: tested on its own)."""
     regex = re.compile(pattern)
     return st.one_of(st.text(max_size=70), st.text(alphabet, max_size=70)).filter(
-        lambda s: not regex.search(s) and not s.endswith("\n"))
+        lambda s: not regex.search(s) and not s.endswith("\n")
+    )
 
 
 BAD_VALUES: dict[str, dict[str, st.SearchStrategy[Any]]] = {
@@ -233,8 +263,12 @@ def mutated(draw: st.DrawFn, schema: str) -> tuple[dict[str, Any], dict[str, Any
     if how == "missing" and name != "expires_in":
         del body[name]
     elif how == "unknown":
-        name = draw(st.one_of(st.text(min_size=1, max_size=10), st.sampled_from(
-            [valid.get("pan", "4111111111111111"), "IPIN", "$where", "a.b"])))
+        name = draw(
+            st.one_of(
+                st.text(min_size=1, max_size=10),
+                st.sampled_from([valid.get("pan", "4111111111111111"), "IPIN", "$where", "a.b"]),
+            )
+        )
         assume(name not in fields and valid.get("ipin", "-") not in name)
         body[name] = draw(st.one_of(st.integers(), st.text(max_size=5)))
     else:
@@ -243,18 +277,21 @@ def mutated(draw: st.DrawFn, schema: str) -> tuple[dict[str, Any], dict[str, Any
 
 
 @FAST
-@given(st.sampled_from(["register", "generate"]).flatmap(
-    lambda s: st.tuples(st.just(s), mutated(s))))
+@given(
+    st.sampled_from(["register", "generate"]).flatmap(lambda s: st.tuples(st.just(s), mutated(s)))
+)
 def test_one_bad_field_is_refused_naming_that_field_and_echoing_no_card(
-        case: tuple[str, tuple[dict[str, Any], dict[str, Any], str]]) -> None:
+    case: tuple[str, tuple[dict[str, Any], dict[str, Any], str]],
+) -> None:
     schema, (valid, body, name) = case
     error = rejected(schema, body)
     fields = [d["field"] for d in error.details]
     safe_name = re.sub(r"\d{6,}", "***", name[:64])
     assert safe_name in fields, (fields, name)
     assert all(set(d) == {"field", "problem"} for d in error.details)
-    assert_no_secret(shown(error), valid.get("pan"), valid.get("ipin"), body.get("pan"),
-                     body.get("ipin"))
+    assert_no_secret(
+        shown(error), valid.get("pan"), valid.get("ipin"), body.get("pan"), body.get("ipin")
+    )
 
 
 @FAST
@@ -266,18 +303,30 @@ def test_every_missing_registration_field_is_named(body: dict[str, Any], name: s
     assert_no_secret(shown(error), body.get("pan"), body.get("ipin"))
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("name", "abc\n"), ("pan", "4111111111111111\n"), ("expDate", "3012\n"), ("ipin", "1234\n")])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("name", "abc\n"), ("pan", "4111111111111111\n"), ("expDate", "3012\n"), ("ipin", "1234\n")],
+)
 def test_a_trailing_newline_does_not_match_a_pattern(field: str, value: str) -> None:
-    body = {"name": "abc", "pan": "4111111111111111", "expDate": "3012", "ipin": "1234",
-            "consent": True, "endpoint": "https://example.com/hook", field: value}
+    body = {
+        "name": "abc",
+        "pan": "4111111111111111",
+        "expDate": "3012",
+        "ipin": "1234",
+        "consent": True,
+        "endpoint": "https://example.com/hook",
+        field: value,
+    }
     error = rejected("register", body)
     assert field in [d["field"] for d in error.details]
 
 
 def name_model(text: str) -> bool:
-    return (3 <= len(text) <= 64 and text[0] in "abcdefghijklmnopqrstuvwxyz0123456789"
-            and all(ch in "abcdefghijklmnopqrstuvwxyz0123456789_-" for ch in text))
+    return (
+        3 <= len(text) <= 64
+        and text[0] in "abcdefghijklmnopqrstuvwxyz0123456789"
+        and all(ch in "abcdefghijklmnopqrstuvwxyz0123456789_-" for ch in text)
+    )
 
 
 @FAST
@@ -291,8 +340,14 @@ def test_provider_names_are_3_to_64_of_a_z_0_9_dash_underscore(text: str) -> Non
     assume(not text.endswith("\n"))  # see test_a_trailing_newline_does_not_match_a_pattern
     expected = name_model(text)
     assert bool(NAME_RE.match(text)) is expected
-    body = {"name": text, "pan": "4111111111111111", "expDate": "3012", "ipin": "1234",
-            "consent": True, "endpoint": "https://example.com/hook"}
+    body = {
+        "name": text,
+        "pan": "4111111111111111",
+        "expDate": "3012",
+        "ipin": "1234",
+        "consent": True,
+        "endpoint": "https://example.com/hook",
+    }
     if expected:
         check("register", body)
     else:
@@ -300,8 +355,9 @@ def test_provider_names_are_3_to_64_of_a_z_0_9_dash_underscore(text: str) -> Non
 
 
 # A fixed clock for the expiry rule: "not in the past" means this month or later.
-NOWS = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31),
-                    timezones=st.just(UTC))
+NOWS = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31), timezones=st.just(UTC)
+)
 
 
 @FAST
@@ -309,8 +365,9 @@ NOWS = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12,
 @example(pan="4111111111111111", yy=26, mm=11, now=datetime(2026, 11, 30, 23, 59, tzinfo=UTC))
 @example(pan="4111111111111111", yy=26, mm=10, now=datetime(2026, 11, 1, tzinfo=UTC))
 @example(pan="4111111111111111", yy=26, mm=12, now=datetime(2026, 11, 1, tzinfo=UTC))
-def test_card_expiry_refuses_past_months_and_accepts_this_month_on(pan: str, yy: int, mm: int,
-                                                                  now: datetime) -> None:
+def test_card_expiry_refuses_past_months_and_accepts_this_month_on(
+    pan: str, yy: int, mm: int, now: datetime
+) -> None:
     body = {"pan": pan, "expDate": f"{yy:02d}{mm:02d}", "ipin": "1234", "consent": True}
     if (2000 + yy, mm) < (now.year, now.month):
         with pytest.raises(ApiError) as caught:
@@ -335,7 +392,7 @@ def test_card_without_consent_is_refused_first(pan: str, consent: Any) -> None:
 @given(pans(), st.data())
 def test_card_failing_the_check_digit_is_refused(pan: str, data: Any) -> None:
     i = data.draw(st.integers(0, len(pan) - 1))
-    bad = pan[:i] + data.draw(st.sampled_from([d for d in DIGITS if d != pan[i]])) + pan[i + 1:]
+    bad = pan[:i] + data.draw(st.sampled_from([d for d in DIGITS if d != pan[i]])) + pan[i + 1 :]
     with pytest.raises(ApiError) as caught:
         check_card({"pan": bad, "expDate": "9912", "ipin": "1234", "consent": True})
     assert caught.value.code == "invalid_request"
@@ -348,20 +405,26 @@ def test_card_failing_the_check_digit_is_refused(pan: str, data: Any) -> None:
 # Text a request may carry: no control characters, no lone surrogates (both are refused).
 CLEAN_TEXT = st.text(st.characters(blacklist_categories=("Cc", "Cs")))
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
     | CLEAN_TEXT,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(CLEAN_TEXT, inner, max_size=4),
-    max_leaves=20)
+    max_leaves=20,
+)
 
 
 @FAST
-@given(st.one_of(
-    st.binary(),
-    JSON_VALUES.map(lambda v: json.dumps(v).encode()),
-    JSON_VALUES.map(lambda v: json.dumps(v, ensure_ascii=False).encode("utf-8")),
-    st.text().map(lambda t: t.encode("utf-8", "surrogatepass")),
-    st.integers(1, 5000).map(lambda n: b"[" * n + b"]" * n),
-))
+@given(
+    st.one_of(
+        st.binary(),
+        JSON_VALUES.map(lambda v: json.dumps(v).encode()),
+        JSON_VALUES.map(lambda v: json.dumps(v, ensure_ascii=False).encode("utf-8")),
+        st.text().map(lambda t: t.encode("utf-8", "surrogatepass")),
+        st.integers(1, 5000).map(lambda n: b"[" * n + b"]" * n),
+    )
+)
 @example(b"[" * 200_000)
 @example(b'{"a": ' + b"1" * 5000 + b"}")
 @example(b'{"a": NaN}')
@@ -391,7 +454,8 @@ def test_parse_json_object_round_trips_objects(value: dict[str, Any]) -> None:
 @FAST
 @given(CLEAN_TEXT, st.characters(categories=("Cc", "Cs")), CLEAN_TEXT, st.booleans())
 def test_control_characters_and_lone_surrogates_are_refused(
-        before: str, bad: str, after: str, as_key: bool) -> None:
+    before: str, bad: str, after: str, as_key: bool
+) -> None:
     text = before + bad + after
     value = {text: 1} if as_key else {"id": [text]}
     with pytest.raises(ApiError) as refused:
@@ -412,8 +476,9 @@ ADS = st.binary(max_size=80)
 def test_sealed_values_open_to_the_same_text(kid: str, key: bytes, text: str, ad: bytes) -> None:
     ring = KeyRing([(kid, key)])
     sealed = ring.seal(text, ad)
-    assert sealed.kid == kid and len(sealed.nonce) == 12 and len(sealed.ct) == len(
-        text.encode()) + 16
+    assert (
+        sealed.kid == kid and len(sealed.nonce) == 12 and len(sealed.ct) == len(text.encode()) + 16
+    )
     assert ring.open(sealed, ad) == text
     assert ring.open(Sealed.from_doc(sealed.to_doc()), ad) == text
 
@@ -442,8 +507,9 @@ def test_another_place_is_refused(key: bytes, text: str, ad: bytes, other: bytes
 
 @FAST
 @given(KEYS, TEXTS, KIDS, st.integers(0, 40))
-def test_unknown_kid_or_cut_ciphertext_is_refused(key: bytes, text: str, kid: str,
-                                                  cut: int) -> None:
+def test_unknown_kid_or_cut_ciphertext_is_refused(
+    key: bytes, text: str, kid: str, cut: int
+) -> None:
     assume(kid != "k1")
     ring = KeyRing([("k1", key)])
     sealed = ring.seal(text, b"ad")
@@ -452,13 +518,14 @@ def test_unknown_kid_or_cut_ciphertext_is_refused(key: bytes, text: str, kid: st
     with pytest.raises(DecryptionError):
         ring.open(replace(sealed, ct=sealed.ct[:cut] if cut < len(sealed.ct) else b""), b"ad")
     with pytest.raises(DecryptionError):
-        ring.open(replace(sealed, nonce=sealed.nonce[:cut % 12]), b"ad")
+        ring.open(replace(sealed, nonce=sealed.nonce[: cut % 12]), b"ad")
 
 
 @FAST
 @given(KEYS, KEYS, TEXTS, ADS)
-def test_a_new_primary_still_opens_what_the_old_key_sealed(old: bytes, new: bytes, text: str,
-                                                           ad: bytes) -> None:
+def test_a_new_primary_still_opens_what_the_old_key_sealed(
+    old: bytes, new: bytes, text: str, ad: bytes
+) -> None:
     assume(old != new)
     before = KeyRing([("old", old)])
     after = KeyRing([("new", new), ("old", old)])
@@ -559,8 +626,9 @@ class Model:
         elif outcome.startswith("declined"):
             self.attempts[-1] = (tran, AttemptOutcome.DECLINED)
             fixable = code in (52, 72) and outcome != "declined_card_unreadable"
-            self.status = (ClaimStatus.PENDING if fixable and used < MAX_ATTEMPTS
-                           else ClaimStatus.FAILED)
+            self.status = (
+                ClaimStatus.PENDING if fixable and used < MAX_ATTEMPTS else ClaimStatus.FAILED
+            )
             self.code = code
         elif outcome == "not_found":  # nothing moved: a new attempt with a new UUID, up to 3
             self.attempts[-1] = (tran, AttemptOutcome.NOT_FOUND)
@@ -575,8 +643,11 @@ class Model:
 
 
 # Answers that keep the claim going come up more often, so runs reach the third attempt.
-ANSWERS = st.sampled_from(sorted(OUTCOMES) + ["declined_invalid_card", "declined_routing",
-                                              "unknown", "not_found", "not_found_too_soon"] * 2)
+ANSWERS = st.sampled_from(
+    sorted(OUTCOMES)
+    + ["declined_invalid_card", "declined_routing", "unknown", "not_found", "not_found_too_soon"]
+    * 2
+)
 
 
 class ClaimMachine(RuleBasedStateMachine):
@@ -602,10 +673,22 @@ class ClaimMachine(RuleBasedStateMachine):
     def generated(self, amount: int, patience: int) -> None:
         self.patience = patience  # some runs end early, others reach the third attempt
         now = utcnow()
-        assert run(self.store.insert_claims([Claim(
-            uuid=self.uuid, provider=PROVIDER, ref=f"ref-{self.uuid}", amount=amount,
-            status=ClaimStatus.PENDING, created_at=now, expires_at=now + timedelta(days=7),
-            day=now.strftime("%Y-%m-%d"))])) == [None]
+        assert run(
+            self.store.insert_claims(
+                [
+                    Claim(
+                        uuid=self.uuid,
+                        provider=PROVIDER,
+                        ref=f"ref-{self.uuid}",
+                        amount=amount,
+                        status=ClaimStatus.PENDING,
+                        created_at=now,
+                        expires_at=now + timedelta(days=7),
+                        day=now.strftime("%Y-%m-%d"),
+                    )
+                ]
+            )
+        ) == [None]
         self.ready = True
 
     # -- reading --------------------------------------------------------------------------
@@ -626,9 +709,16 @@ class ClaimMachine(RuleBasedStateMachine):
         now = utcnow()
         attempt = Attempt(str(uuidlib.uuid4()), now, last4)
         sealed = CARD_KEYS.seal("4111111111111111", aad("claims", self.uuid, "card.pan"))
-        got = run(self.store.begin_attempt(PROVIDER, self.uuid, card=sealed, attempt=attempt,
-                                           lease_until=now + timedelta(seconds=120),
-                                           max_attempts=MAX_ATTEMPTS))
+        got = run(
+            self.store.begin_attempt(
+                PROVIDER,
+                self.uuid,
+                card=sealed,
+                attempt=attempt,
+                lease_until=now + timedelta(seconds=120),
+                max_attempts=MAX_ATTEMPTS,
+            )
+        )
         m = self.model
         wins = m.status is ClaimStatus.PENDING and len(m.attempts) < MAX_ATTEMPTS and not m.due
         note(f"submit -> {'won' if got else 'refused'} (model {'wins' if wins else 'refuses'})")
@@ -653,17 +743,27 @@ class ClaimMachine(RuleBasedStateMachine):
             tran = claim.attempts[index].tran_uuid
             if which == "forged":
                 tran = str(uuidlib.uuid4())
-            result = TransferResult(gateway_outcome, tran, code, outcome,
-                                    reference="ref-1" if gateway_outcome is Outcome.APPROVED
-                                    else None)
+            result = TransferResult(
+                gateway_outcome,
+                tran,
+                code,
+                outcome,
+                reference="ref-1" if gateway_outcome is Outcome.APPROVED else None,
+            )
             engine = PATIENT if outcome == "not_found_too_soon" else ENGINE
             settlement = engine._settlement(claim, index, result, definitive)
         got = run(self.store.settle(self.uuid, index, tran, settlement))
         m = self.model
-        applies = (m.status is ClaimStatus.PROCESSING and index == len(m.attempts) - 1
-                   and tran == m.attempts[index][0] and m.attempts[index][1] in OPEN)
-        note(f"settle {outcome} on {which} attempt {index} -> "
-             f"{'applied' if got else 'refused'} (model {'applies' if applies else 'refuses'})")
+        applies = (
+            m.status is ClaimStatus.PROCESSING
+            and index == len(m.attempts) - 1
+            and tran == m.attempts[index][0]
+            and m.attempts[index][1] in OPEN
+        )
+        note(
+            f"settle {outcome} on {which} attempt {index} -> "
+            f"{'applied' if got else 'refused'} (model {'applies' if applies else 'refuses'})"
+        )
         assert (got is not None) is applies
         if not applies:
             assert self.doc() == before, "a refused settlement changed the claim"
@@ -681,8 +781,10 @@ class ClaimMachine(RuleBasedStateMachine):
     def gateway_answers(self, outcome: str) -> None:
         self._settle(outcome, "current")
 
-    @rule(outcome=st.sampled_from(sorted(OUTCOMES)),
-          which=st.sampled_from(["current", "earlier", "forged"]))
+    @rule(
+        outcome=st.sampled_from(sorted(OUTCOMES)),
+        which=st.sampled_from(["current", "earlier", "forged"]),
+    )
     def late_or_forged_answer(self, outcome: str, which: str) -> None:
         """A duplicate, late or forged answer: only an open current attempt may settle."""
         self._settle(outcome, which)
@@ -705,8 +807,11 @@ class ClaimMachine(RuleBasedStateMachine):
     @rule()
     def time_passes(self) -> None:
         """The claim's expiry passes (the clock is the database's ``expires_at``)."""
-        run(self.store.db.claims.update_one(
-            {"_id": self.uuid}, {"$set": {"expires_at": utcnow() - timedelta(seconds=1)}}))
+        run(
+            self.store.db.claims.update_one(
+                {"_id": self.uuid}, {"$set": {"expires_at": utcnow() - timedelta(seconds=1)}}
+            )
+        )
         self.model.due = True
 
     @rule()
@@ -766,6 +871,12 @@ class ClaimMachine(RuleBasedStateMachine):
 
 def test_claim_state_machine_against_the_database(claim_store: Store) -> None:
     ClaimMachine.store = claim_store
-    run_state_machine_as_test(ClaimMachine, settings=settings(
-        max_examples=50, stateful_step_count=20, deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+    run_state_machine_as_test(
+        ClaimMachine,
+        settings=settings(
+            max_examples=50,
+            stateful_step_count=20,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )

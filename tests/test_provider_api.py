@@ -23,8 +23,7 @@ def client(server: ServerProcess) -> httpx.Client:
 def provider(client: httpx.Client) -> dict[str, Any]:
     body = provider_body(unique_name(), random_pan())
     creds = register(client, body)
-    return {"name": body["name"], "pan": body["pan"], **creds,
-            "headers": auth(creds["api_key"])}
+    return {"name": body["name"], "pan": body["pan"], **creds, "headers": auth(creds["api_key"])}
 
 
 def test_register_answers_ok_with_credentials_shown_once(client: httpx.Client) -> None:
@@ -42,50 +41,61 @@ def test_register_answers_ok_with_credentials_shown_once(client: httpx.Client) -
     assert again.status_code == 409 and again.json()["code"] == "provider_exists"
 
 
-def test_generate_shape_and_idempotency(client: httpx.Client, server: ServerProcess,
-                                        provider: dict[str, Any]) -> None:
+def test_generate_shape_and_idempotency(
+    client: httpx.Client, server: ServerProcess, provider: dict[str, Any]
+) -> None:
     name, headers = provider["name"], provider["headers"]
-    first = client.post(f"/cashout/generate/{name}", json={"amount": 100, "id": "order-1"},
-                        headers=headers)
+    first = client.post(
+        f"/cashout/generate/{name}", json={"amount": 100, "id": "order-1"}, headers=headers
+    )
     assert first.status_code == 201
     body = first.json()
     assert body["result"] == body["uuid"] and UUID4.match(body["uuid"])
     assert body["url"] == f"{server.url}/cashout/claim/{name}/{body['uuid']}"
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", body["expires_at"])
-    replay = client.post(f"/cashout/generate/{name}", json={"amount": 100, "id": "order-1"},
-                         headers=headers)
+    replay = client.post(
+        f"/cashout/generate/{name}", json={"amount": 100, "id": "order-1"}, headers=headers
+    )
     assert replay.status_code == 200 and replay.json() == body
-    conflict = client.post(f"/cashout/generate/{name}", json={"amount": 101, "id": "order-1"},
-                           headers=headers)
+    conflict = client.post(
+        f"/cashout/generate/{name}", json={"amount": 101, "id": "order-1"}, headers=headers
+    )
     assert conflict.status_code == 409 and conflict.json()["code"] == "id_conflict"
-    other = client.post(f"/cashout/generate/{name}", json={"amount": 100, "id": "order-2"},
-                        headers=headers)
+    other = client.post(
+        f"/cashout/generate/{name}", json={"amount": 100, "id": "order-2"}, headers=headers
+    )
     assert other.status_code == 201 and other.json()["uuid"] != body["uuid"]
 
 
 def test_claim_lookup_by_uuid_and_id(client: httpx.Client, provider: dict[str, Any]) -> None:
     name, headers = provider["name"], provider["headers"]
-    made = client.post(f"/cashout/generate/{name}",
-                       json={"amount": 250, "id": "ref/with spaces & ü", "expires_in": 3600},
-                       headers=headers).json()
+    made = client.post(
+        f"/cashout/generate/{name}",
+        json={"amount": 250, "id": "ref/with spaces & ü", "expires_in": 3600},
+        headers=headers,
+    ).json()
     by_uuid = client.get(f"/cashout/claims/{name}/{made['uuid']}", headers=headers)
     assert by_uuid.status_code == 200
     claim = by_uuid.json()
     assert claim["uuid"] == made["uuid"] and claim["id"] == "ref/with spaces & ü"
     assert claim["amount"] == 250 and claim["status"] == "pending"
     assert claim["card"] is None and claim["attempts"] == [] and claim["claimed_at"] is None
-    by_id = client.get(f"/cashout/claims/{name}", params={"id": "ref/with spaces & ü"},
-                       headers=headers)
+    by_id = client.get(
+        f"/cashout/claims/{name}", params={"id": "ref/with spaces & ü"}, headers=headers
+    )
     assert by_id.status_code == 200 and by_id.json() == claim
     missing = client.get(f"/cashout/claims/{name}", params={"id": "nope"}, headers=headers)
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
 
 
-def test_list_is_newest_first_and_paginates(client: httpx.Client,
-                                            provider: dict[str, Any]) -> None:
+def test_list_is_newest_first_and_paginates(client: httpx.Client, provider: dict[str, Any]) -> None:
     name, headers = provider["name"], provider["headers"]
-    made = [client.post(f"/cashout/generate/{name}", json={"amount": 10 + i, "id": f"l{i}"},
-                        headers=headers).json()["uuid"] for i in range(7)]
+    made = [
+        client.post(
+            f"/cashout/generate/{name}", json={"amount": 10 + i, "id": f"l{i}"}, headers=headers
+        ).json()["uuid"]
+        for i in range(7)
+    ]
     client.post(f"/cashout/claims/{name}/{made[0]}/cancel", headers=headers)
     seen: list[str] = []
     after = None
@@ -98,48 +108,55 @@ def test_list_is_newest_first_and_paginates(client: httpx.Client,
         if not after:
             break
     assert seen == list(reversed(made))
-    cancelled = client.get(f"/cashout/claims/{name}", params={"status": "cancelled"},
-                           headers=headers).json()
+    cancelled = client.get(
+        f"/cashout/claims/{name}", params={"status": "cancelled"}, headers=headers
+    ).json()
     assert [c["uuid"] for c in cancelled["claims"]] == [made[0]]
     assert cancelled["next"] is None
 
 
 def test_cancel_only_while_pending(client: httpx.Client, provider: dict[str, Any]) -> None:
     name, headers = provider["name"], provider["headers"]
-    uuid = client.post(f"/cashout/generate/{name}", json={"amount": 5, "id": "c1"},
-                       headers=headers).json()["uuid"]
+    uuid = client.post(
+        f"/cashout/generate/{name}", json={"amount": 5, "id": "c1"}, headers=headers
+    ).json()["uuid"]
     done = client.post(f"/cashout/claims/{name}/{uuid}/cancel", headers=headers)
     assert done.status_code == 200 and done.json()["status"] == "cancelled"
     assert done.json()["completed_at"] is not None
     again = client.post(f"/cashout/claims/{name}/{uuid}/cancel", headers=headers)
     assert again.status_code == 409 and again.json()["code"] == "not_cancellable"
-    unknown = client.post(f"/cashout/claims/{name}/00000000-0000-4000-8000-000000000000/cancel",
-                          headers=headers)
+    unknown = client.post(
+        f"/cashout/claims/{name}/00000000-0000-4000-8000-000000000000/cancel", headers=headers
+    )
     assert unknown.status_code == 404
 
 
-def test_profile_changes_endpoint_and_card(client: httpx.Client,
-                                           provider: dict[str, Any]) -> None:
+def test_profile_changes_endpoint_and_card(client: httpx.Client, provider: dict[str, Any]) -> None:
     name, headers = provider["name"], provider["headers"]
-    changed = client.post(f"/cashout/profile/{name}",
-                          json={"endpoint": "https://hooks.example.com/cashout"},
-                          headers=headers)
+    changed = client.post(
+        f"/cashout/profile/{name}",
+        json={"endpoint": "https://hooks.example.com/cashout"},
+        headers=headers,
+    )
     assert changed.status_code == 200
     assert changed.json()["endpoint"] == "https://hooks.example.com/cashout"
     pan = random_pan()
     remember(pan)
-    card = client.post(f"/cashout/profile/{name}", headers=headers,
-                       json={"pan": pan, "expDate": "3105", "ipin": "8642", "consent": True})
+    card = client.post(
+        f"/cashout/profile/{name}",
+        headers=headers,
+        json={"pan": pan, "expDate": "3105", "ipin": "8642", "consent": True},
+    )
     assert card.status_code == 200 and card.json()["card"] == "****" + pan[-4:]
     partial = client.post(f"/cashout/profile/{name}", json={"pan": pan}, headers=headers)
     assert partial.status_code == 400 and partial.json()["code"] == "invalid_request"
 
 
-def test_rotating_the_api_key_retires_the_old_one(client: httpx.Client,
-                                                  provider: dict[str, Any]) -> None:
+def test_rotating_the_api_key_retires_the_old_one(
+    client: httpx.Client, provider: dict[str, Any]
+) -> None:
     name, headers = provider["name"], provider["headers"]
-    rotated = client.post(f"/cashout/keys/{name}/rotate", json={"api_key": True},
-                          headers=headers)
+    rotated = client.post(f"/cashout/keys/{name}/rotate", json={"api_key": True}, headers=headers)
     assert rotated.status_code == 200
     new_key = rotated.json()["api_key"]
     remember(new_key)
@@ -150,10 +167,12 @@ def test_rotating_the_api_key_retires_the_old_one(client: httpx.Client,
 
 
 def test_rotating_the_webhook_secret_keeps_the_old_one_for_a_day(
-        client: httpx.Client, provider: dict[str, Any]) -> None:
+    client: httpx.Client, provider: dict[str, Any]
+) -> None:
     name, headers = provider["name"], provider["headers"]
-    rotated = client.post(f"/cashout/keys/{name}/rotate", json={"webhook_secret": True},
-                          headers=headers)
+    rotated = client.post(
+        f"/cashout/keys/{name}/rotate", json={"webhook_secret": True}, headers=headers
+    )
     assert rotated.status_code == 200
     body = rotated.json()
     remember(body["webhook_secret"])
@@ -166,15 +185,15 @@ def test_rotating_the_webhook_secret_keeps_the_old_one_for_a_day(
 
 
 def test_per_claim_maximum_and_daily_total(server_factory: Any) -> None:
-    server = server_factory({"CASHOUT_MAX_CLAIM_AMOUNT": "1000",
-                             "CASHOUT_DAILY_LIMIT": "2500"})
+    server = server_factory({"CASHOUT_MAX_CLAIM_AMOUNT": "1000", "CASHOUT_DAILY_LIMIT": "2500"})
     client = server.client()
     name = unique_name()
     headers = auth(register(client, provider_body(name, random_pan()))["api_key"])
 
     def generate(amount: int, ref: str) -> httpx.Response:
-        return client.post(f"/cashout/generate/{name}", json={"amount": amount, "id": ref},
-                           headers=headers)
+        return client.post(
+            f"/cashout/generate/{name}", json={"amount": amount, "id": ref}, headers=headers
+        )
 
     over = generate(1001, "big")
     assert over.status_code == 400 and over.json()["code"] == "amount_over_limit"

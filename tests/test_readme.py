@@ -29,8 +29,9 @@ def test_quickstart_works_verbatim(server_factory: Any, tmp_path: Path) -> None:
     assert len(blocks) == 2
     script = "set -euo pipefail\n" + "\n".join(blocks)
     script = script.replace("localhost:8080", f"127.0.0.1:{server.port}")
-    result = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr[-500:]
     registered = json.loads((tmp_path / "register.json").read_text())
     remember(registered["api_key"], registered["webhook_secret"])
@@ -43,9 +44,17 @@ def test_quickstart_works_verbatim(server_factory: Any, tmp_path: Path) -> None:
 
     def paid() -> bool:
         got = subprocess.run(
-            ["curl", "-s", f"http://127.0.0.1:{server.port}/cashout/claims/shifa/{claim['uuid']}",
-             "-H", f"Authorization: Bearer {registered['api_key']}"],
-            capture_output=True, text=True, timeout=10)
+            [
+                "curl",
+                "-s",
+                f"http://127.0.0.1:{server.port}/cashout/claims/shifa/{claim['uuid']}",
+                "-H",
+                f"Authorization: Bearer {registered['api_key']}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return json.loads(got.stdout)["status"] == "succeeded"
 
     wait_until(paid, 20, what="the quickstart claim to be paid")

@@ -15,11 +15,22 @@ from server.webhooks import WebhookSender, is_public_address
 from tests.receiver import Receiver
 
 
-@pytest.mark.parametrize("url", [
-    "http://hooks.example.com/x", "https://localhost/x", "https://127.0.0.1/x",
-    "https://10.1.2.3/x", "https://192.168.0.5/x", "https://169.254.169.254/latest",
-    "https://[::1]/x", "https://[fe80::1]/x", "https://224.0.0.1/x", "https://0.0.0.0/x",
-    "https://api.localhost/x"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://hooks.example.com/x",
+        "https://localhost/x",
+        "https://127.0.0.1/x",
+        "https://10.1.2.3/x",
+        "https://192.168.0.5/x",
+        "https://169.254.169.254/latest",
+        "https://[::1]/x",
+        "https://[fe80::1]/x",
+        "https://224.0.0.1/x",
+        "https://0.0.0.0/x",
+        "https://api.localhost/x",
+    ],
+)
 def test_production_refuses_non_public_endpoints(url: str) -> None:
     with pytest.raises(ApiError) as refused:
         check_endpoint(url, production=True)
@@ -41,7 +52,8 @@ def test_production_deliveries_never_reach_a_private_address(receiver: Receiver)
         sender = WebhookSender(settings, None, None)  # type: ignore[arg-type]
         try:
             response = await sender.client.fetch(
-                HTTPRequest(receiver.url("/ssrf"), method="POST", body="{}"), raise_error=False)
+                HTTPRequest(receiver.url("/ssrf"), method="POST", body="{}"), raise_error=False
+            )
             return response.code
         except OSError as exc:
             return exc

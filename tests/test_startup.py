@@ -25,8 +25,11 @@ def embedded_pids(data_dir: Path) -> list[int]:
             state = (entry / "stat").read_text().split()[2]
         except OSError:
             continue
-        if state != "Z" and any(b"secantusd-py" in part for part in cmdline) and \
-                str(data_dir / "db").encode() in cmdline:
+        if (
+            state != "Z"
+            and any(b"secantusd-py" in part for part in cmdline)
+            and str(data_dir / "db").encode() in cmdline
+        ):
             pids.append(int(entry.name))
     return pids
 
@@ -74,41 +77,56 @@ def test_embedded_database_starts_stops_and_keeps_data(embedded: Any) -> None:
 
 def run_server(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CASHOUT_")}
-    return subprocess.run([PYTHON, "-m", "server", *args], cwd=ROOT, env={**clean, **env},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [PYTHON, "-m", "server", *args],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_production_refuses_unsafe_settings_one_line_each() -> None:
-    result = run_server(env={"CASHOUT_ENV": "production",
-                             "CASHOUT_PUBLIC_URL": "http://localhost:8080"})
+    result = run_server(
+        env={"CASHOUT_ENV": "production", "CASHOUT_PUBLIC_URL": "http://localhost:8080"}
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    for needle in ("CASHOUT_KEYS", "CASHOUT_PUBLIC_URL", "CASHOUT_MONGODB_URI",
-                   "CASHOUT_GATEWAY"):
+    for needle in ("CASHOUT_KEYS", "CASHOUT_PUBLIC_URL", "CASHOUT_MONGODB_URI", "CASHOUT_GATEWAY"):
         assert sum(needle in line for line in lines) == 1, needle
     assert all(line.startswith("cashout: ") for line in lines)
 
 
 def test_production_ebs_needs_https_and_a_ca(tmp_path: Path) -> None:
-    result = run_server(env={
-        "CASHOUT_ENV": "production", "CASHOUT_PUBLIC_URL": "https://pay.example.com",
-        "CASHOUT_MONGODB_URI": "mongodb://db.example.com/", "CASHOUT_GATEWAY": "ebs",
-        "CASHOUT_KEYS": "k1:" + "A" * 43 + "=", "CASHOUT_EBS_URL": "http://ebs.example.com/",
-        "CASHOUT_EBS_APPLICATION_ID": "ACTSCon"})
+    result = run_server(
+        env={
+            "CASHOUT_ENV": "production",
+            "CASHOUT_PUBLIC_URL": "https://pay.example.com",
+            "CASHOUT_MONGODB_URI": "mongodb://db.example.com/",
+            "CASHOUT_GATEWAY": "ebs",
+            "CASHOUT_KEYS": "k1:" + "A" * 43 + "=",
+            "CASHOUT_EBS_URL": "http://ebs.example.com/",
+            "CASHOUT_EBS_APPLICATION_ID": "ACTSCon",
+        }
+    )
     assert result.returncode == 2
     assert "CASHOUT_EBS_URL: must be https in production" in result.stderr
     assert "CASHOUT_EBS_CA_FILE" in result.stderr
     assert "CASHOUT_KEYS" not in result.stderr
 
 
-@pytest.mark.parametrize(("env", "needle"), [
-    ({"CASHOUT_PORT": "eighty"}, "CASHOUT_PORT"),
-    ({"CASHOUT_ENV": "staging"}, "CASHOUT_ENV"),
-    ({"CASHOUT_KEYS": "k1:short"}, "CASHOUT_KEYS"),
-    ({"CASHOUT_GATEWAY": "ebs"}, "CASHOUT_EBS_URL"),
-    ({"CASHOUT_PUBLIC_URL": "pay.example.com"}, "CASHOUT_PUBLIC_URL"),
-    ({"CASHOUT_MAX_CLAIM_AMOUNT": "0"}, "CASHOUT_MAX_CLAIM_AMOUNT"),
-])
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"CASHOUT_PORT": "eighty"}, "CASHOUT_PORT"),
+        ({"CASHOUT_ENV": "staging"}, "CASHOUT_ENV"),
+        ({"CASHOUT_KEYS": "k1:short"}, "CASHOUT_KEYS"),
+        ({"CASHOUT_GATEWAY": "ebs"}, "CASHOUT_EBS_URL"),
+        ({"CASHOUT_PUBLIC_URL": "pay.example.com"}, "CASHOUT_PUBLIC_URL"),
+        ({"CASHOUT_MAX_CLAIM_AMOUNT": "0"}, "CASHOUT_MAX_CLAIM_AMOUNT"),
+    ],
+)
 def test_bad_settings_are_refused(env: dict[str, str], needle: str) -> None:
     result = run_server(env=env)
     assert result.returncode == 2 and needle in result.stderr
@@ -121,8 +139,9 @@ def test_flags_win_over_the_environment() -> None:
 
 
 def test_an_unknown_gateway_is_a_clear_start_up_error(tmp_path: Path) -> None:
-    result = run_server(env={"CASHOUT_GATEWAY": "nowhere.module:Thing",
-                             "CASHOUT_DATA_DIR": str(tmp_path)})
+    result = run_server(
+        env={"CASHOUT_GATEWAY": "nowhere.module:Thing", "CASHOUT_DATA_DIR": str(tmp_path)}
+    )
     assert result.returncode == 2 and "CASHOUT_GATEWAY" in result.stderr
     assert "Traceback" not in result.stderr
     assert embedded_pids(tmp_path) == []

@@ -29,25 +29,35 @@ def leaves(value: Any) -> Iterator[Any]:
 
 
 def all_leaves(db: Any) -> list[Any]:
-    return [leaf for name in db.list_collection_names() for doc in db[name].find()
-            for leaf in leaves(doc)]
+    return [
+        leaf
+        for name in db.list_collection_names()
+        for doc in db[name].find()
+        for leaf in leaves(doc)
+    ]
 
 
-def test_database_holds_no_clear_card_data_or_credentials(server: ServerProcess,
-                                                          db: Any) -> None:
+def test_database_holds_no_clear_card_data_or_credentials(server: ServerProcess, db: Any) -> None:
     client = server.client()
     pan, ipin, exp = random_pan(length=19), "6283", "3107"
     body = provider_body(unique_name(), pan, ipin=ipin, exp=exp)
     creds = register(client, body)
-    client.post(f"/cashout/generate/{body['name']}", json={"amount": 3, "id": "s1"},
-                headers=auth(creds["api_key"]))
+    client.post(
+        f"/cashout/generate/{body['name']}",
+        json={"amount": 3, "id": "s1"},
+        headers=auth(creds["api_key"]),
+    )
 
     found = all_leaves(db)
     texts = [leaf for leaf in found if isinstance(leaf, str)]
     blobs = [bytes(leaf) for leaf in found if isinstance(leaf, bytes)]
     assert blobs, "sealed values are stored as binary"
-    for secret in (pan, creds["api_key"], creds["webhook_secret"],
-                   creds["webhook_secret"].removeprefix("whsec_")):
+    for secret in (
+        pan,
+        creds["api_key"],
+        creds["webhook_secret"],
+        creds["webhook_secret"].removeprefix("whsec_"),
+    ):
         assert not any(secret in t for t in texts)
         assert not any(secret.encode() in b for b in blobs)
     assert ipin not in texts and exp not in texts
@@ -64,8 +74,7 @@ def test_sandbox_key_file_is_private(server: ServerProcess) -> None:
     assert KeyRing.parse(path.read_text()).primary == "sandbox1"
 
 
-def test_a_value_moved_to_another_place_does_not_decrypt(server: ServerProcess,
-                                                         db: Any) -> None:
+def test_a_value_moved_to_another_place_does_not_decrypt(server: ServerProcess, db: Any) -> None:
     client = server.client()
     names, pans = [unique_name(), unique_name()], [random_pan(), random_pan()]
     for name, pan in zip(names, pans, strict=True):
@@ -113,8 +122,11 @@ def test_key_rotation_keeps_every_value_readable(server_factory: Any, mongo: Any
         name, pan = unique_name(), random_pan()
         made[name] = (pan, register(client, provider_body(name, pan)))
     first = next(iter(made))
-    client.post(f"/cashout/keys/{first}/rotate", json={"webhook_secret": True},
-                headers=auth(made[first][1]["api_key"]))
+    client.post(
+        f"/cashout/keys/{first}/rotate",
+        json={"webhook_secret": True},
+        headers=auth(made[first][1]["api_key"]),
+    )
     old.stop()
     db = mongo[db_name]
     assert _kids(db) == {k1}
@@ -125,12 +137,22 @@ def test_key_rotation_keeps_every_value_readable(server_factory: Any, mongo: Any
     late = register(new.client(), provider_body(late_name, late_pan))
     made[late_name] = (late_pan, late)
     assert _kids(db) == {k1, k2}, "new values are sealed by the first key, old ones stay"
-    assert new.client().get(f"/cashout/profile/{first}",
-                            headers=auth(made[first][1]["api_key"])).status_code == 200
+    assert (
+        new.client()
+        .get(f"/cashout/profile/{first}", headers=auth(made[first][1]["api_key"]))
+        .status_code
+        == 200
+    )
 
     env = {**new.env, "CASHOUT_KEYS": ring}
-    result = subprocess.run([PYTHON, "-m", "server", "admin", "rotate-keys"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [PYTHON, "-m", "server", "admin", "rotate-keys"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-500:]
     # three old providers: 3 card fields and 1 secret each, plus the rotated-in secret
     assert "re-encrypted 13 values" in result.stdout
@@ -140,12 +162,23 @@ def test_key_rotation_keeps_every_value_readable(server_factory: Any, mongo: Any
     only_new = KeyRing.parse(f"{k2}:{v2}")
     for name, (pan, creds) in made.items():
         doc = db.providers.find_one({"_id": name})
-        assert only_new.open(Sealed.from_doc(doc["card"]["pan"]),
-                             aad("providers", name, "card.pan")) == pan
-        opened = {only_new.open(Sealed.from_doc(s["secret"]),
-                                aad("providers", name, f"secrets.{s['sid']}"))
-                  for s in doc["secrets"]}
+        assert (
+            only_new.open(Sealed.from_doc(doc["card"]["pan"]), aad("providers", name, "card.pan"))
+            == pan
+        )
+        opened = {
+            only_new.open(
+                Sealed.from_doc(s["secret"]), aad("providers", name, f"secrets.{s['sid']}")
+            )
+            for s in doc["secrets"]
+        }
         assert creds["webhook_secret"] in opened
-    again = subprocess.run([PYTHON, "-m", "server", "admin", "rotate-keys"], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=120)
+    again = subprocess.run(
+        [PYTHON, "-m", "server", "admin", "rotate-keys"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "re-encrypted 0 values" in again.stdout

@@ -59,7 +59,10 @@ def test_duplicate_uuid_is_613_and_nothing_moves(switch: Switch) -> None:
     assert switch.transfer(u, payer, EXP, IPIN, payee, 100).code == 0
     again = switch.transfer(u, payer, EXP, IPIN, other, 999)
     assert (again.code, again.message, again.applied, again.recorded) == (
-        613, "DUPLICATE_TRANSACTION", False, False
+        613,
+        "DUPLICATE_TRANSACTION",
+        False,
+        False,
     )
     assert switch.balance(payee) == 100
     assert switch.balance(other) is None
@@ -79,7 +82,10 @@ def test_first_ipin_is_the_accounts_ipin(switch: Switch) -> None:
     assert switch.verify_card(payer, EXP, IPIN).ok
     wrong = switch.transfer(new_uuid(), payer, EXP, "4321", payee, 10)
     assert (wrong.code, wrong.message, wrong.applied, wrong.recorded) == (
-        53, "Wrong IPIN", False, True
+        53,
+        "Wrong IPIN",
+        False,
+        True,
     )
     assert switch.verify_card(payer, EXP, "4321").code == 53
     assert switch.ipin_matches(payer, IPIN) is True
@@ -135,7 +141,11 @@ def test_magic_declines_are_recorded_and_move_nothing(
     u = new_uuid()
     reply = switch.transfer(u, payer, EXP, IPIN, payee, 75)
     assert (reply.code, reply.message, reply.applied, reply.recorded, reply.unanswered) == (
-        code, message, False, True, False
+        code,
+        message,
+        False,
+        True,
+        False,
     )
     assert reply.reference is None
     record = switch.status(u)
@@ -163,7 +173,10 @@ def test_magic_0092_never_happened(switch: Switch) -> None:
     u = new_uuid()
     reply = switch.transfer(u, payer, EXP, IPIN, payee, 40)
     assert (reply.code, reply.applied, reply.recorded, reply.unanswered) == (
-        None, False, False, True
+        None,
+        False,
+        False,
+        True,
     )
     assert switch.status(u) is None
     assert switch.balance(payee) is None
@@ -245,7 +258,10 @@ _WORKER = textwrap.dedent(
 def _worker(path: Path, payer: str, payee: str, count: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", _WORKER, str(path), payer, payee, str(count)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
