@@ -7,15 +7,17 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from tornado import httputil
-from tornado.web import HTTPError, RequestHandler
+from tornado.web import HTTPError, RequestHandler, StaticFileHandler
 
-from server.errors import ApiError
-from server.store import is_unavailable
+from server.errors import ApiError, Unavailable
 from server.validation import parse_json_object
 
 if TYPE_CHECKING:
-    from server.app import Services
     from server.models import Provider
+    from server.services import Services
+
+# (path template, handler class); each handler module exports its own ``default_handlers``.
+Route = tuple[str, type[RequestHandler]]
 
 log = logging.getLogger("cashout.http")
 
@@ -72,43 +74,29 @@ class BaseHandler(RequestHandler):
     def set_default_headers(self) -> None:
         security_headers(self)
 
-    def check_xsrf_cookie(self) -> None:
-        """JSON routes are authenticated by bearer keys and need a JSON content type, which
-        a cross-site form cannot send; only HTML forms (PageHandler) check the XSRF token."""
-
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ApiError):
             status_code = exc.status
-        elif exc is not None and is_unavailable(exc):
-            status_code = 503
         super().send_error(status_code, **kwargs)
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, Unavailable):
+            log.warning(
+                "%s %s: database unavailable: %s", self.request.method, self.route, value.cause
+            )
+            return
         if isinstance(value, ApiError):
             return  # an answer, not a failure; the access log line records it
         if isinstance(value, HTTPError):
             if value.log_message:
                 log.warning("%s %s: %s", self.request.method, self.route, value.log_message)
             return
-        if is_unavailable(value):
-            log.warning(
-                "%s %s: database unavailable: %s",
-                self.request.method,
-                self.route,
-                type(value).__name__,
-            )
-            return
         log.error("%s %s failed", self.request.method, self.route, exc_info=(typ, value, tb))
 
     def error_body(self, status_code: int, exc: BaseException | None) -> dict[str, Any]:
         if isinstance(exc, ApiError):
             return exc.body()
-        if exc is not None and is_unavailable(exc):
-            return {
-                "message": "The service is briefly unavailable; try again shortly.",
-                "code": "unavailable",
-            }
         if status_code >= 500:
             return {
                 "message": "Something went wrong on our side; it has been logged.",
@@ -139,7 +127,15 @@ class BaseHandler(RequestHandler):
 
 
 class ApiHandler(BaseHandler):
-    """A provider API route: JSON in, JSON out, authenticated by API key."""
+    """A JSON route: JSON in, JSON out; provider routes authenticate by API key.
+
+    Every handler checks the XSRF token on unsafe methods (Tornado's default, kept in
+    ``BaseHandler``) except these: their bodies must be ``application/json`` and their
+    callers present a bearer key, neither of which a cross-site form can send.
+    """
+
+    def check_xsrf_cookie(self) -> None:
+        pass
 
     def json_body(self, optional: bool = False) -> dict[str, Any]:
         raw = self.request.body
@@ -166,8 +162,17 @@ class ApiHandler(BaseHandler):
         )
 
 
-class NotFoundHandler(BaseHandler):
+class NotFoundHandler(ApiHandler):
     """Unknown routes answer JSON too."""
 
     def prepare(self) -> None:
         raise ApiError(404, "not_found", "No such route.")
+
+
+class SecureStaticFileHandler(StaticFileHandler):
+    """The pages' stylesheet, with the same security headers as every other response."""
+
+    route = "/static/{file}"
+
+    def set_default_headers(self) -> None:
+        security_headers(self, cache=True)

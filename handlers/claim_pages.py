@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 import tornado.locale
-from tornado.web import RequestHandler, StaticFileHandler
 
-from handlers.base import ApiHandler, BaseHandler, security_headers
+from handlers.base import ApiHandler, BaseHandler, Route
 from server import validation
 from server.errors import ApiError
 from server.models import Claim, ClaimStatus, rfc3339
+from server.views import claim_attempts_left, customer_view
 
 LANGS = ("en", "ar")
 
@@ -28,26 +28,8 @@ FAILURE_REASONS = {
 DEFAULT_FAILURE = "The transfer could not be completed."
 
 
-def customer_view(claim: Claim) -> dict[str, Any]:
-    """What the customer (or the provider's app) may see of a claim."""
-    return {
-        "uuid": claim.uuid,
-        "provider": claim.provider,
-        "amount": claim.amount,
-        "status": str(claim.status),
-        "card": ("****" + claim.card_last4) if claim.card_last4 else None,
-        "response_code": claim.response_code,
-        "response_message": claim.response_message,
-        "reference": claim.reference,
-        "completed_at": rfc3339(claim.completed_at),
-        "expires_at": rfc3339(claim.expires_at),
-    }
-
-
 class PageHandler(BaseHandler):
     """HTML pages: localized, XSRF-protected forms, friendly error pages."""
-
-    check_xsrf_cookie = RequestHandler.check_xsrf_cookie
 
     def get_user_locale(self) -> tornado.locale.Locale | None:
         lang = self.get_query_argument("lang", None)
@@ -100,7 +82,7 @@ class ClaimPageHandler(PageHandler):
                 error=error,
                 retry_reason=retry
                 and FAILURE_REASONS.get(claim.response_code or -1, DEFAULT_FAILURE),
-                attempts_left=3 - len(claim.attempts),
+                attempts_left=claim_attempts_left(claim),
             )
             return
         reason = FAILURE_REASONS.get(claim.response_code or -1, DEFAULT_FAILURE)
@@ -113,6 +95,8 @@ class ClaimPageHandler(PageHandler):
         try:
             await self.services.payouts.submit(name, uuid, pan)
         except ApiError as exc:
+            if exc.status >= 500:  # an outage: the error page says so, nothing was claimed
+                raise
             if exc.code == "invalid_card":
                 claim = await self.services.payouts.customer_claim(name, uuid)
                 if claim is None:
@@ -137,10 +121,7 @@ class ClaimApiHandler(ApiHandler):
         self.write_json(customer_view(claim), status=202)
 
 
-class SecureStaticFileHandler(StaticFileHandler):
-    """The page's stylesheet, with the same security headers as every other response."""
-
-    route = "/static/{file}"
-
-    def set_default_headers(self) -> None:
-        security_headers(self, cache=True)
+default_handlers: list[Route] = [
+    ("/cashout/claim/{name}/{uuid}", ClaimPageHandler),
+    ("/cashout/claim/{name}", ClaimApiHandler),
+]

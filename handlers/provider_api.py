@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from handlers.base import ApiHandler
+from handlers.base import ApiHandler, Route
 from server.errors import invalid
+from server.views import claim_view, generated_view, provider_view
 
 
 class RegisterHandler(ApiHandler):
@@ -19,7 +20,7 @@ class GenerateHandler(ApiHandler):
         provider = await self.provider(name)
         generated = await self.services.claims.generate(provider, self.json_body())
         self.write_json(
-            self.services.claims.generated_body(generated.claim),
+            generated_view(generated.claim, self.services.claims.claim_url(generated.claim)),
             status=201 if generated.created else 200,
         )
 
@@ -28,7 +29,7 @@ class ClaimHandler(ApiHandler):
     async def get(self, name: str, uuid: str) -> None:
         provider = await self.provider(name)
         claim = await self.services.claims.get(provider, uuid)
-        self.write_json(claim.public())
+        self.write_json(claim_view(claim))
 
 
 class ClaimsHandler(ApiHandler):
@@ -39,7 +40,7 @@ class ClaimsHandler(ApiHandler):
         if ref is not None:
             if set(self.request.query_arguments) - {"id"}:
                 raise invalid("id", "cannot be combined with status, limit or after")
-            self.write_json((await claims.get_by_ref(provider, ref)).public())
+            self.write_json(claim_view(await claims.get_by_ref(provider, ref)))
             return
         page = await claims.list(
             provider,
@@ -47,25 +48,26 @@ class ClaimsHandler(ApiHandler):
             limit=self.get_query_argument("limit", None),
             after=self.get_query_argument("after", None),
         )
-        self.write_json({"claims": [c.public() for c in page.claims], "next": page.next_cursor})
+        found, next_cursor = page
+        self.write_json({"claims": [claim_view(c) for c in found], "next": next_cursor})
 
 
 class CancelHandler(ApiHandler):
     async def post(self, name: str, uuid: str) -> None:
         provider = await self.provider(name)
         claim = await self.services.claims.cancel(provider, uuid, self.json_body(optional=True))
-        self.write_json(claim.public())
+        self.write_json(claim_view(claim))
 
 
 class ProfileHandler(ApiHandler):
     async def get(self, name: str) -> None:
         provider = await self.provider(name)
-        self.write_json(provider.public())
+        self.write_json(provider_view(provider))
 
     async def post(self, name: str) -> None:
         provider = await self.provider(name)
         updated = await self.services.providers.update_profile(provider, self.json_body())
-        self.write_json({"result": "ok", **updated.public()})
+        self.write_json({"result": "ok", **provider_view(updated)})
 
 
 class RotateKeysHandler(ApiHandler):
@@ -77,5 +79,16 @@ class RotateKeysHandler(ApiHandler):
             body["api_key"] = creds.api_key
         if creds.webhook_secret:
             body["webhook_secret"] = creds.webhook_secret
-            body["webhook_secrets"] = updated.public()["webhook_secrets"]
+            body["webhook_secrets"] = provider_view(updated)["webhook_secrets"]
         self.write_json(body)
+
+
+default_handlers: list[Route] = [
+    ("/cashout/register", RegisterHandler),
+    ("/cashout/generate/{name}", GenerateHandler),
+    ("/cashout/claims/{name}/{uuid}/cancel", CancelHandler),
+    ("/cashout/claims/{name}/{uuid}", ClaimHandler),
+    ("/cashout/claims/{name}", ClaimsHandler),
+    ("/cashout/profile/{name}", ProfileHandler),
+    ("/cashout/keys/{name}/rotate", RotateKeysHandler),
+]

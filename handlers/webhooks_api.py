@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from handlers.base import ApiHandler
+from handlers.base import ApiHandler, Route
 from server import validation
+from server.views import event_view
 
 
 class WebhooksHandler(ApiHandler):
     async def get(self, name: str) -> None:
         provider = await self.provider(name)
-        self.write_json(
-            await self.services.webhooks.list(
-                provider,
-                status=self.get_query_argument("status", None),
-                limit=self.get_query_argument("limit", None),
-                after=self.get_query_argument("after", None),
-            )
+        events, next_cursor = await self.services.webhooks.list(
+            provider,
+            status=self.get_query_argument("status", None),
+            limit=self.get_query_argument("limit", None),
+            after=self.get_query_argument("after", None),
         )
+        self.write_json({"events": [event_view(e) for e in events], "next": next_cursor})
 
 
 class RedeliverHandler(ApiHandler):
@@ -24,7 +24,7 @@ class RedeliverHandler(ApiHandler):
         provider = await self.provider(name)
         validation.check("empty", self.json_body(optional=True))
         event = await self.services.webhooks.redeliver(provider, event_id)
-        self.write_json(event.public(), status=202)
+        self.write_json(event_view(event), status=202)
 
 
 class TestWebhookHandler(ApiHandler):
@@ -32,4 +32,11 @@ class TestWebhookHandler(ApiHandler):
         provider = await self.provider(name)
         validation.check("empty", self.json_body(optional=True))
         event = await self.services.webhooks.send_test(provider)
-        self.write_json(event.public(), status=202)
+        self.write_json(event_view(event), status=202)
+
+
+default_handlers: list[Route] = [
+    ("/cashout/webhooks/{name}/test", TestWebhookHandler),
+    ("/cashout/webhooks/{name}/{event_id}/redeliver", RedeliverHandler),
+    ("/cashout/webhooks/{name}", WebhooksHandler),
+]

@@ -13,20 +13,20 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from server import logs
-from server.app import Services
 from server.embedded_db import EmbeddedDatabase
-from server.main import init_gateway, init_keys, init_store
 from server.models import utcnow
 from server.rotation import reseal_all
+from server.services import Services
 from server.settings import Settings
+from server.views import provider_view
 
 Task = Callable[[Services, argparse.Namespace], Awaitable[int]]
 
 
 async def providers(services: Services, args: argparse.Namespace) -> int:
-    found = await services.store.providers()
+    found = await services.store.providers.all()
     for provider in found:
-        view = provider.public()
+        view = provider_view(provider)
         if args.json:
             print(json.dumps(view))
         else:
@@ -66,7 +66,7 @@ async def redeliver(services: Services, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    count = await services.store.redeliver_matching(
+    count = await services.store.events.redeliver_matching(
         utcnow(),
         event_id=args.event,
         provider=args.provider,
@@ -106,9 +106,7 @@ async def _run(settings: Settings, task: str, args: argparse.Namespace) -> int:
             uri = embedded.start()
         else:
             embedded = None
-    store = await init_store(settings, uri)
-    gateway = init_gateway(settings)
-    services = Services.build(settings, store, init_keys(settings), gateway)
+    services = await Services.open(settings, uri)
     try:
         return await TASKS[task](services, args)
     finally:
@@ -116,8 +114,7 @@ async def _run(settings: Settings, task: str, args: argparse.Namespace) -> int:
         # leaving, or its leases would hold that work back from the servers for a while.
         await services.payouts.stop(settings.attempt_lease)
         await services.webhooks.stop(settings.webhook_timeout + 5)
-        await gateway.close()
-        store.close()
+        await services.close()
         if embedded is not None:
             embedded.stop()
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from tornado.ioloop import PeriodicCallback
 
-from server.store import is_unavailable
+from server.errors import is_unavailable
 
 log = logging.getLogger("cashout.background")
 

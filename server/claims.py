@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from server import metrics, validation
+from server import lifecycle, metrics, validation
 from server.batching import Batcher
 from server.errors import ApiError, invalid, not_found
-from server.models import Claim, ClaimStatus, Provider, rfc3339, utcnow
+from server.models import Claim, ClaimStatus, Provider, utcnow
 from server.settings import Settings
-from server.store import Duplicate, Page, Store
+from server.store import Duplicate, Store
+from server.transitions import Transitions
 
 
 @dataclass(frozen=True)
@@ -22,27 +23,16 @@ class Generated:
 
 
 class ClaimService:
-    def __init__(self, settings: Settings, store: Store):
+    def __init__(self, settings: Settings, store: Store, transitions: Transitions) -> None:
         self.settings = settings
         self.store = store
+        self.transitions = transitions
         self._batches: Batcher[Claim, Generated] = Batcher(
             "generate", self._write, max_batch=settings.db_batch, observe=metrics.observe_batch
         )
 
     def claim_url(self, claim: Claim) -> str:
         return f"{self.settings.public_base()}/cashout/claim/{claim.provider}/{claim.uuid}"
-
-    def generated_body(self, claim: Claim) -> dict[str, Any]:
-        """The generate answer; built only from fields that never change, so a replay of the
-        same request gets the very same body."""
-        return {
-            "result": claim.uuid,
-            "uuid": claim.uuid,
-            "url": self.claim_url(claim),
-            "expires_at": rfc3339(claim.expires_at),
-            "id": claim.ref,
-            "amount": claim.amount,
-        }
 
     def _replay(self, existing: Claim, amount: int) -> Generated:
         if existing.amount != amount:
@@ -101,7 +91,7 @@ class ClaimService:
             granted += [i for i in day_group if i in ok]
             refused.update(i for i in day_group if i not in ok)
 
-        written = await self.store.insert_claims([claims[i] for i in granted])
+        written = await self.store.claims.insert_many([claims[i] for i in granted])
         duplicates = []
         for i, error in zip(granted, written, strict=True):
             if error is None:
@@ -111,7 +101,7 @@ class ClaimService:
             else:
                 outcome[i] = error
         for (provider, day), day_group in _by_day(claims, duplicates).items():
-            await self.store.release_daily(provider, day, sum(claims[i].amount for i in day_group))
+            await self.store.totals.release(provider, day, sum(claims[i].amount for i in day_group))
         for i in [*refused, *duplicates]:
             outcome[i] = await self._existing(claims[i], over_limit=i in refused)
 
@@ -138,7 +128,7 @@ class ClaimService:
         first, limit = claims[group[0]], self.settings.daily_limit
 
         async def reserve(indexes: list[int]) -> bool:
-            return await self.store.reserve_daily(
+            return await self.store.totals.reserve(
                 first.provider, first.day, sum(claims[i].amount for i in indexes), limit
             )
 
@@ -147,7 +137,7 @@ class ClaimService:
         if len(group) == 1:
             return set()
         # Near the limit: take claims in arrival order while they fit in what is left.
-        room = limit - await self.store.daily_total(first.provider, first.day)
+        room = limit - await self.store.totals.total(first.provider, first.day)
         fitting = []
         for i in group:
             if claims[i].amount <= room:
@@ -160,7 +150,7 @@ class ClaimService:
 
     async def _existing(self, claim: Claim, *, over_limit: bool) -> Generated | Exception:
         """After a refusal: a concurrent identical request may have won meanwhile."""
-        existing = await self.store.claim_by_ref(claim.provider, claim.ref)
+        existing = await self.store.claims.by_ref(claim.provider, claim.ref)
         if existing is not None:
             try:
                 return self._replay(existing, claim.amount)
@@ -177,28 +167,29 @@ class ClaimService:
         )
 
     async def get(self, provider: Provider, uuid: str) -> Claim:
-        claim = await self.store.claim(provider.name, uuid)
+        claim = await self.store.claims.get(provider.name, uuid)
         if claim is None:
             raise not_found("No such claim.")
         return claim
 
     async def get_by_ref(self, provider: Provider, ref: str) -> Claim:
-        claim = await self.store.claim_by_ref(provider.name, ref)
+        claim = await self.store.claims.by_ref(provider.name, ref)
         if claim is None:
             raise not_found("No claim with this id.")
         return claim
 
     async def list(
         self, provider: Provider, *, status: str | None, limit: str | None, after: str | None
-    ) -> Page:
+    ) -> tuple[list[Claim], str | None]:
+        """One page of the provider's claims, newest first, and the cursor to the next."""
         request = validation.page_request(status, (s.value for s in ClaimStatus), limit, after)
-        return await self.store.list_claims(provider.name, request)
+        return await self.store.claims.page(provider.name, request)
 
     async def cancel(self, provider: Provider, uuid: str, body: Any) -> Claim:
         validation.check("empty", body)
-        claim = await self.store.cancel_claim(provider.name, uuid, utcnow())
+        claim = await self.transitions.apply(lifecycle.cancelling(provider.name, uuid, utcnow()))
         if claim is not None:
-            await self.store.release_daily(provider.name, claim.day, claim.amount)
+            await self.store.totals.release(provider.name, claim.day, claim.amount)
             return claim
         current = await self.get(provider, uuid)
         raise ApiError(

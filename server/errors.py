@@ -34,3 +34,19 @@ def invalid(
     return ApiError(
         400, code, message or f"{field_name} {problem}", [{"field": field_name, "problem": problem}]
     )
+
+
+class Unavailable(ApiError):
+    """The database is not answering: an outage, not a bug. The store raises it for every
+    driver timeout or lost connection, so nothing above the store knows the driver; the API
+    answers 503 and the logs say "unavailable" without a traceback."""
+
+    def __init__(self, cause: str = "") -> None:
+        super().__init__(
+            503, "unavailable", "The service is briefly unavailable; try again shortly."
+        )
+        self.cause = cause
+
+
+def is_unavailable(exc: BaseException | None) -> bool:
+    return isinstance(exc, Unavailable)

@@ -16,23 +16,15 @@ import time
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from gateways.base import Gateway, create_gateway
 from server import logs
-from server.app import Services, gateway_config, make_app
-from server.crypto import KeyRing, load_or_create_key_file
+from server.app import make_app
 from server.embedded_db import EmbeddedDatabase, die_with_parent
+from server.services import Services
 from server.settings import Settings, replace
-from server.store import Store
 
 log = logging.getLogger("cashout")
 HARD_BODY_LIMIT = 2 * 1024 * 1024  # beyond this the connection is dropped unread
 MAX_RESTARTS = 20
-
-
-def init_keys(settings: Settings) -> KeyRing:
-    if settings.keys:
-        return KeyRing.parse(settings.keys)
-    return load_or_create_key_file(settings.data_dir)
 
 
 def init_database(settings: Settings) -> tuple[str, EmbeddedDatabase | None]:
@@ -40,16 +32,6 @@ def init_database(settings: Settings) -> tuple[str, EmbeddedDatabase | None]:
         return settings.mongodb_uri, None
     db = EmbeddedDatabase(settings.data_dir, settings.embedded_db_port)
     return db.start(), db
-
-
-async def init_store(settings: Settings, uri: str) -> Store:
-    store = Store(uri, settings.db_name, settings.db_timeout_ms)
-    await store.create_indexes()
-    return store
-
-
-def init_gateway(settings: Settings) -> Gateway:
-    return create_gateway(settings.gateway, gateway_config(settings))
 
 
 def init_http(services: Services) -> tuple[HTTPServer, int]:
@@ -82,13 +64,9 @@ async def shutdown(server: HTTPServer, services: Services, timeout: float) -> No
 
 async def serve(settings: Settings) -> None:
     uri, embedded = init_database(settings)
-    store = None
-    gateway = None
+    services: Services | None = None
     try:
-        keys = init_keys(settings)
-        store = await init_store(settings, uri)
-        gateway = init_gateway(settings)
-        services = Services.build(settings, store, keys, gateway)
+        services = await Services.open(settings, uri)
         server, port = init_http(services)
         log.info(
             "cashout %s listening on http://%s:%d (gateway %s, database %s, pid %d)",
@@ -109,10 +87,8 @@ async def serve(settings: Settings) -> None:
         log.info("shutting down (waiting up to %.0fs)", settings.shutdown_timeout)
         await shutdown(server, services, settings.shutdown_timeout)
     finally:
-        if gateway is not None:
-            await gateway.close()
-        if store is not None:
-            store.close()
+        if services is not None:
+            await services.close()
         if embedded is not None:
             embedded.stop()
         log.info("stopped")

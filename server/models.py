@@ -5,10 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from server.crypto import Sealed
 
@@ -78,24 +76,6 @@ class Provider:
     created_at: datetime
     updated_at: datetime
 
-    def public(self) -> dict[str, Any]:
-        """What the provider may see of itself: nothing secret, the card masked."""
-        return {
-            "name": self.name,
-            "endpoint": self.endpoint,
-            "card": "****" + self.card.last4,
-            "created_at": rfc3339(self.created_at),
-            "updated_at": rfc3339(self.updated_at),
-            "webhook_secrets": [
-                {
-                    "id": s.secret_id,
-                    "created_at": rfc3339(s.created_at),
-                    "expires_at": rfc3339(s.expires_at),
-                }
-                for s in self.secrets
-            ],
-        }
-
 
 class AttemptOutcome(enum.StrEnum):
     IN_FLIGHT = "in_flight"  # sent, or about to be; only the lease holder may settle it
@@ -120,17 +100,6 @@ class Attempt:
     code: int | None = None
     message: str | None = None
     finished_at: datetime | None = None
-
-    def public(self) -> dict[str, Any]:
-        return {
-            "tran_uuid": self.tran_uuid,
-            "started_at": rfc3339(self.started_at),
-            "finished_at": rfc3339(self.finished_at),
-            "card": "****" + self.card_last4,
-            "outcome": str(self.outcome),
-            "code": self.code,
-            "message": self.message,
-        }
 
 
 @dataclass(frozen=True)
@@ -158,24 +127,6 @@ class Claim:
         """The latest attempt and its index."""
         return (len(self.attempts) - 1, self.attempts[-1]) if self.attempts else None
 
-    def public(self) -> dict[str, Any]:
-        """The provider's view of a claim (no card beyond its last four digits)."""
-        return {
-            "uuid": self.uuid,
-            "id": self.ref,
-            "amount": self.amount,
-            "status": str(self.status),
-            "created_at": rfc3339(self.created_at),
-            "expires_at": rfc3339(self.expires_at),
-            "claimed_at": rfc3339(self.claimed_at),
-            "completed_at": rfc3339(self.completed_at),
-            "card": ("****" + self.card_last4) if self.card_last4 else None,
-            "response_code": self.response_code,
-            "response_message": self.response_message,
-            "reference": self.reference,
-            "attempts": [a.public() for a in self.attempts],
-        }
-
 
 class EventStatus(enum.StrEnum):
     PENDING = "pending"  # waiting for its next attempt
@@ -191,14 +142,6 @@ class Delivery:
     http_status: int | None
     latency_ms: int
     error: str | None = None
-
-    def public(self) -> dict[str, Any]:
-        return {
-            "at": rfc3339(self.at),
-            "http_status": self.http_status,
-            "latency_ms": self.latency_ms,
-            "error": self.error,
-        }
 
 
 @dataclass(frozen=True)
@@ -216,18 +159,6 @@ class WebhookEvent:
     attempts: tuple[Delivery, ...] = ()
     delivered_at: datetime | None = None
     lease_until: datetime | None = None
-
-    def public(self) -> dict[str, Any]:
-        return {
-            "id": self.event_id,
-            "claim": self.claim,
-            "status": str(self.status),
-            "created_at": rfc3339(self.created_at),
-            "delivered_at": rfc3339(self.delivered_at),
-            "next_attempt_at": rfc3339(self.next_attempt_at),
-            "attempts": [a.public() for a in self.attempts],
-            "payload": json.loads(self.body),
-        }
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The payouts engine: moves each claim's money exactly once.
 
-The rules that make it exactly once (DESIGN.md section 6):
+The rules that make it exactly once (docs/DESIGN.md section 6):
 - claiming is one compare-and-set ``pending -> processing`` that also stores the attempt's
   fresh gateway UUID, so the UUID is durable before the gateway is ever called;
 - an attempt is settled by a compare-and-set on that attempt still being open, so a late or
@@ -9,6 +9,8 @@ The rules that make it exactly once (DESIGN.md section 6):
   UUID (``status``) settles it, and a new attempt is started only once the switch says the
   old one never happened;
 - a lease on the claim keeps reconciliation away from an attempt a live process still runs.
+
+What each answer means is ``lifecycle.decide``; every change goes through ``Transitions``.
 """
 
 from __future__ import annotations
@@ -18,13 +20,12 @@ import logging
 import os
 import socket
 import uuid as uuidlib
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 from gateways.base import Card, Gateway, Outcome, TransferRequest, TransferResult
-from server import validation
+from server import lifecycle, validation
 from server.background import Background
 from server.crypto import DecryptionError, KeyRing, aad
 from server.errors import ApiError, not_found
@@ -32,19 +33,16 @@ from server.logs import mask
 from server.models import Attempt, AttemptOutcome, Claim, ClaimStatus, utcnow
 from server.providers import ProviderService
 from server.settings import Settings
-from server.store import Settlement, Store
+from server.store import Store
+from server.transitions import Transitions
 
 log = logging.getLogger("cashout.payouts")
 
-MAX_ATTEMPTS = 3
 RECONCILE_BATCH = 100
 RECONCILE_PARALLEL = 8
-NOT_FOUND_MESSAGE = "The transfer did not go through; no money moved."
 # Settings make the attempt lease exceed a gateway call by at least a second; renewing the
 # lease before a call may use no more than that margin.
 SEND_MARGIN = timedelta(seconds=1)
-
-TerminalHook = Callable[[Claim], Awaitable[None]]
 
 
 class PayoutEngine:
@@ -55,14 +53,15 @@ class PayoutEngine:
         keys: KeyRing,
         gateway: Gateway,
         providers: ProviderService,
-    ):
+        transitions: Transitions,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.keys = keys
         self.gateway = gateway
         self.providers = providers
+        self.transitions = transitions
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuidlib.uuid4().hex[:8]}"
-        self.on_terminal: list[TerminalHook] = []
         self.background = Background("payouts")
 
     # -- claiming --------------------------------------------------------------------------
@@ -90,13 +89,8 @@ class PayoutEngine:
         now = utcnow()
         attempt = Attempt(tran_uuid=str(uuidlib.uuid4()), started_at=now, card_last4=pan[-4:])
         sealed = self.keys.seal(pan, aad("claims", uuid, "card.pan"))
-        claim = await self.store.begin_attempt(
-            provider,
-            uuid,
-            card=sealed,
-            attempt=attempt,
-            lease_until=now + self._lease(),
-            max_attempts=MAX_ATTEMPTS,
+        claim = await self.transitions.apply(
+            lifecycle.claiming(provider, uuid, attempt, sealed, now + self._lease())
         )
         if claim is None:
             raise await self._why_not_claimable(provider, uuid)
@@ -105,7 +99,7 @@ class PayoutEngine:
         return claim
 
     async def _why_not_claimable(self, provider: str, uuid: str) -> ApiError:
-        claim = await self.store.claim(provider, uuid)
+        claim = await self.store.claims.get(provider, uuid)
         if claim is None:
             return not_found("No such claim.")
         claim = await self.expire_if_due(claim)
@@ -119,17 +113,16 @@ class PayoutEngine:
 
     async def customer_claim(self, provider: str, uuid: str) -> Claim | None:
         """The claim behind a claim link, expired first if its time has passed."""
-        claim = await self.store.claim(provider, uuid)
+        claim = await self.store.claims.get(provider, uuid)
         return await self.expire_if_due(claim) if claim else None
 
     async def expire_if_due(self, claim: Claim) -> Claim:
         """Expire a pending claim past its time (lazily, when someone looks at it)."""
         if claim.status is ClaimStatus.PENDING and claim.expires_at <= utcnow():
-            expired = await self.store.expire_claim(claim.uuid, utcnow())
+            expired = await self.transitions.apply(lifecycle.expiring(claim.uuid, utcnow()))
             if expired is not None:
-                await self._terminal(expired)
                 return expired
-            return await self.store.claim_any(claim.uuid) or claim
+            return await self.store.claims.get_any(claim.uuid) or claim
         return claim
 
     # -- transfers -------------------------------------------------------------------------
@@ -145,21 +138,17 @@ class PayoutEngine:
             request = await self._request(claim, attempt)
         except DecryptionError:
             log.error("claim %s…: a stored card does not decrypt; failing it", claim.uuid[:8])
-            await self._apply(
-                claim,
-                index,
-                TransferResult(
-                    Outcome.DECLINED, attempt.tran_uuid, None, "The payout card could not be used."
-                ),
-                definitive=True,
+            unusable = TransferResult(
+                Outcome.DECLINED, attempt.tran_uuid, None, "The payout card could not be used."
             )
+            await self._apply(claim, index, unusable, definitive=True)
             return
         # Sending needs a live lease: the one set when the attempt began may have run out
         # (a slow database since) and reconciliation, finding nothing at the switch, started
         # another attempt. Take it afresh; if that fails, or itself took so long that the
         # rest of the lease may not cover the call, send nothing: reconciliation will.
         asked = utcnow()
-        renewed = await self.store.renew_lease(claim, asked + self._lease())
+        renewed = await self.store.claims.renew_lease(claim, asked + self._lease())
         if not renewed or utcnow() - asked >= SEND_MARGIN:
             log.warning(
                 "claim %s… attempt %d: lease not renewed in time; left to reconciliation",
@@ -174,98 +163,57 @@ class PayoutEngine:
         await self._apply(claim, index, result)
 
     async def _request(self, claim: Claim, attempt: Attempt) -> TransferRequest:
-        provider = await self.store.provider(claim.provider)
+        provider = await self.store.providers.get(claim.provider)
         if provider is None or claim.card_pan is None:
             raise DecryptionError("missing card")
         paying: Card = self.providers.open_card(provider)
         to_pan = self.keys.open(claim.card_pan, aad("claims", claim.uuid, "card.pan"))
         return TransferRequest(attempt.tran_uuid, paying, to_pan, claim.amount)
 
-    def _settlement(
-        self, claim: Claim, index: int, result: TransferResult, definitive: bool
-    ) -> Settlement:
-        """The outcome table of DESIGN.md section 6."""
-        # The switch's own words are stored and shown to the provider: mask any card number.
-        result = replace(result, message=mask(result.message))
-        now = utcnow()
-        used = index + 1
-        attempt = claim.attempts[index]
-        if result.outcome is Outcome.APPROVED:
-            return Settlement(
-                AttemptOutcome.APPROVED,
-                ClaimStatus.SUCCEEDED,
-                now,
-                result.code,
-                result.message or "Approved",
-                reference=result.reference,
-            )
-        if result.outcome is Outcome.DECLINED:
-            retry = result.customer_fixable and used < MAX_ATTEMPTS and not definitive
-            return Settlement(
-                AttemptOutcome.DECLINED,
-                ClaimStatus.PENDING if retry else ClaimStatus.FAILED,
-                now,
-                result.code,
-                result.message or "Declined",
-            )
-        old_enough = now - attempt.started_at >= timedelta(seconds=self.settings.settle_grace)
-        if result.outcome is Outcome.NOT_FOUND and old_enough:
-            if used < MAX_ATTEMPTS:  # nothing moved: try again with a fresh UUID
-                fresh = Attempt(str(uuidlib.uuid4()), now, attempt.card_last4)
-                return Settlement(
-                    AttemptOutcome.NOT_FOUND,
-                    ClaimStatus.PROCESSING,
-                    now,
-                    None,
-                    NOT_FOUND_MESSAGE,
-                    lease_until=now + self._lease(),
-                    next_attempt=fresh,
-                )
-            return Settlement(
-                AttemptOutcome.NOT_FOUND, ClaimStatus.FAILED, now, None, NOT_FOUND_MESSAGE
-            )
-        # No clear answer (or "not found" too soon to believe): ask again later.
-        recheck = min(self.settings.reconcile_interval, self.settings.attempt_lease)
-        return Settlement(
-            AttemptOutcome.UNKNOWN,
-            ClaimStatus.PROCESSING,
-            now,
-            result.code,
-            result.message or "Awaiting the switch's answer",
-            lease_until=now + timedelta(seconds=recheck),
+    def decide(
+        self, claim: Claim, index: int, result: TransferResult, definitive: bool = False
+    ) -> lifecycle.Decision:
+        """``lifecycle.decide`` with this service's settings; the switch's own words are
+        stored and shown to the provider, so any card number in them is masked first."""
+        s = self.settings
+        return lifecycle.decide(
+            claim.attempts[index],
+            index + 1,
+            replace(result, message=mask(result.message)),
+            utcnow(),
+            settle_grace=timedelta(seconds=s.settle_grace),
+            recheck=timedelta(seconds=min(s.reconcile_interval, s.attempt_lease)),
+            definitive=definitive,
         )
 
     async def _apply(
         self, claim: Claim, index: int, result: TransferResult, definitive: bool = False
     ) -> Claim | None:
-        settlement = self._settlement(claim, index, result, definitive)
-        updated = await self.store.settle(
-            claim.uuid, index, claim.attempts[index].tran_uuid, settlement
+        decision = self.decide(claim, index, result, definitive)
+        transition = lifecycle.settling(
+            claim.uuid,
+            index,
+            claim.attempts[index].tran_uuid,
+            decision,
+            utcnow(),
+            self._lease(),
         )
-        if updated is None:
-            return None  # settled by someone else first
-        if settlement.next_attempt is not None:
+        updated = await self.transitions.apply(transition)
+        if updated is not None and decision.next_attempt is not None:
             self.background.spawn(self._run(updated))
-        elif updated.status.terminal:
-            await self._terminal(updated)
         return updated
-
-    async def _terminal(self, claim: Claim) -> None:
-        log.info("claim %s… is %s", claim.uuid[:8], claim.status)
-        for hook in self.on_terminal:
-            await hook(claim)
 
     # -- reconciliation and expiry ---------------------------------------------------------
 
     async def reconcile_once(self, include_unknown: bool = False) -> int:
         """Settle every processing claim whose lease ran out; returns how many it looked at."""
         now = utcnow()
-        due = await self.store.due_for_reconcile(now, RECONCILE_BATCH, include_unknown)
+        due = await self.store.claims.due_for_reconcile(now, RECONCILE_BATCH, include_unknown)
         gate = asyncio.Semaphore(RECONCILE_PARALLEL)
 
         async def one(claim: Claim) -> None:
             async with gate:
-                taken = await self.store.take_lease(claim, utcnow() + self._lease())
+                taken = await self.store.claims.take_lease(claim, utcnow() + self._lease())
                 if taken is None or taken.current is None:
                     return
                 index, attempt = taken.current
@@ -287,18 +235,16 @@ class PayoutEngine:
 
     async def expire_once(self) -> int:
         expired = 0
-        for uuid in await self.store.overdue_pending(utcnow(), RECONCILE_BATCH):
-            claim = await self.store.expire_claim(uuid, utcnow())
-            if claim is not None:
+        for uuid in await self.store.claims.overdue_pending(utcnow(), RECONCILE_BATCH):
+            if await self.transitions.apply(lifecycle.expiring(uuid, utcnow())) is not None:
                 expired += 1
-                await self._terminal(claim)
         return expired
 
     async def tick(self) -> None:
         """One round of background work, under a lease so processes take turns."""
         now = utcnow()
         hold = timedelta(seconds=self.settings.reconcile_interval * 3)
-        if await self.store.acquire_lease("payouts", self.holder, now, now + hold):
+        if await self.store.leases.acquire("payouts", self.holder, now, now + hold):
             await self.reconcile_once()
             await self.expire_once()
 

@@ -102,7 +102,7 @@ class ProviderService:
         validation.check_card(body)
         endpoint = validation.check_endpoint(body["endpoint"], self.settings.production)
         name = body["name"]
-        if await self.store.provider(name) is not None:
+        if await self.store.providers.get(name) is not None:
             raise _exists(name)
         await self._verify(body)
         api_key = new_api_key(self.settings.key_prefix)
@@ -118,7 +118,7 @@ class ProviderService:
             updated_at=now,
         )
         try:
-            await self.store.insert_provider(provider)
+            await self.store.providers.insert(provider)
         except Duplicate:
             raise _exists(name) from None
         return Credentials(api_key=api_key, webhook_secret=secret)
@@ -141,7 +141,7 @@ class ProviderService:
         return provider
 
     async def _find_keys(self, key_hashes: list[str]) -> list[Provider | None]:
-        found = await self.store.providers_by_key_hash(key_hashes)
+        found = await self.store.providers.by_key_hashes(key_hashes)
         return [found.get(h) for h in key_hashes]
 
     async def update_profile(self, provider: Provider, body: Any) -> Provider:
@@ -154,7 +154,7 @@ class ProviderService:
             validation.check_card(body)
             await self._verify(body)
             card = self._seal_card(provider.name, body["pan"], body["expDate"], body["ipin"])
-        updated = await self.store.update_provider(
+        updated = await self.store.providers.update(
             provider.name, updated_at=utcnow(), endpoint=endpoint, card=card
         )
         if updated is None:
@@ -187,7 +187,7 @@ class ProviderService:
                 if s.expires_at is None or s.expires_at > now
             )
             secrets = (fresh, *kept)
-        updated = await self.store.update_provider(
+        updated = await self.store.providers.update(
             provider.name, updated_at=now, key_hash=key_hash, secrets=secrets
         )
         if updated is None:

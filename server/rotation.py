@@ -22,12 +22,12 @@ async def reseal_all(store: Store, keys: KeyRing) -> RotationReport:
     resealed = 0
     for _ in range(MAX_PASSES):
         remaining = 0
-        async for field in store.sealed_fields(not_kid=keys.primary):
+        async for field in store.sealed.not_sealed_by(keys.primary):
             if field.value.kid == keys.primary:
                 continue
             associated = aad(field.collection, field.doc_id, field.aad_field)
             fresh = keys.seal(keys.open(field.value, associated), associated)
-            if await store.swap_sealed(field, fresh):
+            if await store.sealed.swap(field, fresh):
                 resealed += 1
             else:
                 remaining += 1

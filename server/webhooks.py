@@ -34,9 +34,9 @@ from tornado.netutil import DefaultExecutorResolver, Resolver
 from server import metrics, validation
 from server.background import Background
 from server.errors import ApiError, not_found
+from server.lifecycle import NOTIFIED
 from server.models import (
     Claim,
-    ClaimStatus,
     Delivery,
     EventStatus,
     Provider,
@@ -47,37 +47,17 @@ from server.models import (
 from server.providers import ProviderService
 from server.settings import Settings
 from server.store import Store
+from server.views import webhook_payload
 
 log = logging.getLogger("cashout.webhooks")
 
 SWEEP_BATCH = 200
 MAX_RETRY_AFTER = 24 * 3600.0
-NOTIFIED = (ClaimStatus.SUCCEEDED, ClaimStatus.FAILED, ClaimStatus.EXPIRED)
 
 
 def event_id_for(claim_uuid: str) -> str:
     """One id per claim, so a second insert of its event is refused by the unique _id."""
     return "evt_" + claim_uuid.replace("-", "")
-
-
-def payload(claim: Claim) -> dict[str, Any]:
-    """The noebs body, extended with the provider's id, the claim uuid and its status."""
-    if claim.status is ClaimStatus.EXPIRED:
-        response = "Expired"
-    else:
-        response = claim.response_message or str(claim.status).capitalize()
-    return {
-        "name": claim.provider,
-        "id": claim.ref,
-        "uuid": claim.uuid,
-        "status": str(claim.status),
-        "details": {
-            "response": response,
-            "code": claim.response_code,
-            "time": rfc3339(claim.completed_at or utcnow()),
-            "amount": claim.amount if claim.status is ClaimStatus.SUCCEEDED else 0,
-        },
-    }
 
 
 def sign(secrets: list[str], msg_id: str, timestamp: int, body: str) -> str:
@@ -154,9 +134,11 @@ class WebhookSender:
         """The payouts engine's terminal hook: write the claim's event, then send it."""
         if claim.status not in NOTIFIED:
             return
-        event = self._event(claim.provider, event_id_for(claim.uuid), claim.uuid, payload(claim))
-        await self.store.insert_event(event)
-        await self.store.event_written(claim.uuid)
+        event = self._event(
+            claim.provider, event_id_for(claim.uuid), claim.uuid, webhook_payload(claim)
+        )
+        await self.store.events.insert(event)
+        await self.store.claims.event_written(claim.uuid)
         self.background.spawn(self.deliver(event.event_id, claim.provider))
 
     def _event(
@@ -185,15 +167,15 @@ class WebhookSender:
             async with self._per_provider[provider_name], self._all:
                 now = utcnow()
                 hold = timedelta(seconds=self.settings.webhook_timeout * 2 + 5)
-                event = await self.store.take_event(event_id, now, now + hold)
+                event = await self.store.events.take(event_id, now, now + hold)
                 if event is None:
                     return
-                provider = await self.store.provider(provider_name)
+                provider = await self.store.providers.get(provider_name)
                 if provider is None:
                     return
                 attempt, retry_after = await self._send(provider, event)
                 status, next_at = self._next(event, attempt, retry_after)
-                if not await self.store.record_delivery(event, attempt, status, next_at):
+                if not await self.store.events.record_delivery(event, attempt, status, next_at):
                     log.warning("event %s: lease lost before the attempt was recorded", event_id)
                 metrics.WEBHOOKS.labels(
                     "retry" if status is EventStatus.PENDING else str(status)
@@ -264,9 +246,9 @@ class WebhookSender:
 
     async def sweep(self) -> None:
         """Write events owed by finished claims, then send whatever is due."""
-        for claim in await self.store.claims_owed_an_event(SWEEP_BATCH):
+        for claim in await self.store.claims.owed_an_event(SWEEP_BATCH):
             await self.claim_finished(claim)
-        for event_id, provider in await self.store.due_events(utcnow(), SWEEP_BATCH):
+        for event_id, provider in await self.store.events.due(utcnow(), SWEEP_BATCH):
             if event_id not in self._in_flight:
                 self.background.spawn(self.deliver(event_id, provider))
 
@@ -281,13 +263,13 @@ class WebhookSender:
 
     async def list(
         self, provider: Provider, *, status: str | None, limit: str | None, after: str | None
-    ) -> dict[str, Any]:
+    ) -> tuple[list[WebhookEvent], str | None]:
+        """One page of the provider's events, newest first, and the cursor to the next."""
         request = validation.page_request(status, (s.value for s in EventStatus), limit, after)
-        events, next_cursor = await self.store.list_events(provider.name, request)
-        return {"events": [e.public() for e in events], "next": next_cursor}
+        return await self.store.events.page(provider.name, request)
 
     async def redeliver(self, provider: Provider, event_id: str) -> WebhookEvent:
-        event = await self.store.redeliver(provider.name, event_id, utcnow())
+        event = await self.store.events.redeliver(provider.name, event_id, utcnow())
         if event is None:
             raise not_found("No such event.")
         self.background.spawn(self.deliver(event.event_id, provider.name))
@@ -308,7 +290,7 @@ class WebhookSender:
             },
         }
         event = self._event(provider.name, event_id, None, body)
-        if not await self.store.insert_event(event):  # pragma: no cover - random id
+        if not await self.store.events.insert(event):  # pragma: no cover - random id
             raise ApiError(409, "conflict", "Try again.")
         self.background.spawn(self.deliver(event_id, provider.name))
         return event

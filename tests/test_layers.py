@@ -1,39 +1,103 @@
-"""The architecture's import rules, read from the source: gateways stay framework-free and
-one module owns MongoDB."""
+"""The architecture's import rules, read from the source (README "Layout"):
+
+    handlers -> server (services, engine, views) -> server.store (MongoDB) and gateways
+
+- gateways stay framework-free (no Tornado, no database, no server or handlers);
+- only ``server/store/`` imports the MongoDB driver;
+- handlers import nothing from the database layer and never reach the store object;
+- the web application (``server/app.py``) is the only module that imports handlers, so the
+  services, the engine and the admin tasks load no handler at all.
+"""
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("server", "handlers", "gateways", "simulator")
+DRIVERS = {"motor", "pymongo", "bson"}
 
 
-def imported(path: Path) -> set[str]:
+def sources(*folders: str) -> Iterator[Path]:
+    for folder in folders:
+        yield from sorted((ROOT / folder).rglob("*.py"))
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, dotted (``from a import b`` counts ``a`` and ``a.b``)."""
     names: set[str] = set()
+    package = module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" else None
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module.split(".")[0])
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level and package:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+                base = f"{base}.{node.module}" if node.module else base
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
     return names
+
+
+def graph() -> dict[str, set[str]]:
+    modules = {module_name(p): p for p in sources(*PACKAGES)}
+    return {name: {i for i in imports(path) if i in modules} for name, path in modules.items()}
+
+
+def reachable(start: str, edges: dict[str, set[str]]) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in edges.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def roots(names: set[str]) -> set[str]:
+    return {n.split(".")[0] for n in names}
 
 
 def test_gateways_import_no_web_framework_database_or_server() -> None:
     bad = {
         str(p.relative_to(ROOT)): sorted(
-            imported(p) & {"tornado", "motor", "pymongo", "server", "handlers"}
+            roots(imports(p)) & {"tornado", "server", "handlers", *DRIVERS}
         )
-        for p in (ROOT / "gateways").glob("*.py")
+        for p in sources("gateways")
     }
     assert not {k: v for k, v in bad.items() if v}
 
 
-def test_only_the_store_talks_to_mongodb() -> None:
-    users = sorted(
+def test_only_the_store_package_talks_to_mongodb() -> None:
+    users = {
         str(p.relative_to(ROOT))
-        for folder in ("server", "handlers", "gateways")
-        for p in (ROOT / folder).glob("*.py")
-        if imported(p) & {"motor", "pymongo"}
-    )
-    assert users == ["server/store.py"]
+        for p in sources(*PACKAGES)
+        if roots(imports(p)) & DRIVERS and "server/store/" not in str(p)
+    }
+    assert not users
+    assert any(roots(imports(p)) & DRIVERS for p in sources("server/store"))
+
+
+def test_handlers_never_reach_the_database_layer() -> None:
+    for path in sources("handlers"):
+        found = {i for i in imports(path) if i.startswith("server.store") or i in DRIVERS}
+        assert not found, f"{path.name} imports {sorted(found)}"
+        assert "services.store" not in path.read_text(), f"{path.name} uses the store directly"
+
+
+def test_only_the_web_application_imports_handlers() -> None:
+    edges = graph()
+    importers = {m for m, deps in edges.items() if roots(deps) & {"handlers"}}
+    assert importers - {m for m in edges if m.startswith("handlers")} == {"server.app"}
+    for module in ("server.services", "server.admin", "server.payouts", "server.webhooks"):
+        assert not {m for m in reachable(module, edges) if m.startswith("handlers")}, module

@@ -52,7 +52,7 @@ from tests.receiver import Receiver
 
 FUZZ_EXAMPLES = 100  # per operation and generation mode; the whole file stays well under 90 s
 SEED = 20261124
-DOCUMENTED = {  # every route of server.app.ROUTES but the HTML claim page, as (path, method)
+DOCUMENTED = {  # every route of server.app.routes() but the HTML claim page, as (path, method)
     ("/cashout/register", "post"),
     ("/cashout/generate/{name}", "post"),
     ("/cashout/claims/{name}", "get"),
@@ -146,14 +146,14 @@ def test_served_document_is_the_file_and_valid_openapi_31(server: ServerProcess)
 
 
 def test_every_route_of_the_app_is_in_the_document() -> None:
-    """Each method a handler of server.app.ROUTES implements, but the HTML claim page."""
+    """Each method a handler of server.app.routes() implements, but the HTML claim page."""
     from tornado.web import RequestHandler
 
-    from server.app import ROUTES
+    from server.app import routes
 
     implemented = {
         (template, method)
-        for template, handler in ROUTES
+        for template, handler in routes()
         for method in ("get", "post", "put", "patch", "delete")
         if getattr(handler, method) is not getattr(RequestHandler, method)
     }

@@ -26,12 +26,12 @@ from hypothesis.stateful import (
 )
 
 from gateways.base import Outcome, TransferResult, luhn_ok
+from server import lifecycle
 from server.crypto import DecryptionError, KeyRing, Sealed, aad
 from server.errors import ApiError
+from server.lifecycle import MAX_ATTEMPTS, Decision, decide
 from server.models import Attempt, AttemptOutcome, Claim, ClaimStatus, utcnow
-from server.payouts import MAX_ATTEMPTS, PayoutEngine
-from server.settings import Settings
-from server.store import Settlement, Store
+from server.store import Store
 from server.validation import (
     NAME_RE,
     SCHEMA_DIR,
@@ -581,8 +581,8 @@ def claim_store(database: Database) -> Iterator[Store]:
 
     store = run(make())
     yield store
-    run(store.client.drop_database(name))
-    store.close()
+    run(store.drop())
+    run(store.close())
     _loop.close()
     _loop = None
 
@@ -601,10 +601,10 @@ OUTCOMES = {  # what the gateway said -> (result, definitive)
     "not_found": (Outcome.NOT_FOUND, 25, False),
     "not_found_too_soon": (Outcome.NOT_FOUND, 25, False),
 }
-# Outcomes are settled by the engine's own table with a grace of 0 (so "not found" is
+# Outcomes are settled by the lifecycle's own table with a grace of 0 (so "not found" is
 # believed at once) or of an hour (so it is not yet believed).
-ENGINE = PayoutEngine(Settings(settle_grace=0.0), None, CARD_KEYS, None, None)  # type: ignore[arg-type]
-PATIENT = PayoutEngine(Settings(settle_grace=3600.0), None, CARD_KEYS, None, None)  # type: ignore[arg-type]
+GRACE = {"not_found_too_soon": timedelta(hours=1)}
+LEASE = timedelta(seconds=120)
 
 
 @dataclass
@@ -674,7 +674,7 @@ class ClaimMachine(RuleBasedStateMachine):
         self.patience = patience  # some runs end early, others reach the third attempt
         now = utcnow()
         assert run(
-            self.store.insert_claims(
+            self.store.claims.insert_many(
                 [
                     Claim(
                         uuid=self.uuid,
@@ -694,7 +694,7 @@ class ClaimMachine(RuleBasedStateMachine):
     # -- reading --------------------------------------------------------------------------
 
     def claim(self) -> Claim:
-        claim = run(self.store.claim_any(self.uuid))
+        claim = run(self.store.claims.get_any(self.uuid))
         assert claim is not None
         return claim
 
@@ -710,13 +710,8 @@ class ClaimMachine(RuleBasedStateMachine):
         attempt = Attempt(str(uuidlib.uuid4()), now, last4)
         sealed = CARD_KEYS.seal("4111111111111111", aad("claims", self.uuid, "card.pan"))
         got = run(
-            self.store.begin_attempt(
-                PROVIDER,
-                self.uuid,
-                card=sealed,
-                attempt=attempt,
-                lease_until=now + timedelta(seconds=120),
-                max_attempts=MAX_ATTEMPTS,
+            self.store.claims.apply(
+                lifecycle.claiming(PROVIDER, self.uuid, attempt, sealed, now + LEASE)
             )
         )
         m = self.model
@@ -735,7 +730,7 @@ class ClaimMachine(RuleBasedStateMachine):
         before = self.doc()
         if not claim.attempts:
             index, tran = 0, str(uuidlib.uuid4())
-            settlement = Settlement(AttemptOutcome.APPROVED, ClaimStatus.SUCCEEDED, utcnow(), 0)
+            decision = Decision(AttemptOutcome.APPROVED, ClaimStatus.SUCCEEDED, 0)
         else:
             index = len(claim.attempts) - 1
             if which == "earlier":
@@ -750,9 +745,17 @@ class ClaimMachine(RuleBasedStateMachine):
                 outcome,
                 reference="ref-1" if gateway_outcome is Outcome.APPROVED else None,
             )
-            engine = PATIENT if outcome == "not_found_too_soon" else ENGINE
-            settlement = engine._settlement(claim, index, result, definitive)
-        got = run(self.store.settle(self.uuid, index, tran, settlement))
+            decision = decide(
+                claim.attempts[index],
+                index + 1,
+                result,
+                utcnow(),
+                settle_grace=GRACE.get(outcome, timedelta(0)),
+                recheck=timedelta(seconds=30),
+                definitive=definitive,
+            )
+        transition = lifecycle.settling(self.uuid, index, tran, decision, utcnow(), LEASE)
+        got = run(self.store.claims.apply(transition))
         m = self.model
         applies = (
             m.status is ClaimStatus.PROCESSING
@@ -768,7 +771,7 @@ class ClaimMachine(RuleBasedStateMachine):
         if not applies:
             assert self.doc() == before, "a refused settlement changed the claim"
             return
-        nxt = settlement.next_attempt.tran_uuid if settlement.next_attempt else None
+        nxt = decision.next_attempt.tran_uuid if decision.next_attempt else None
         m.settle(outcome, code, nxt)
 
     @rule(last4=st.sampled_from(["4242", "0052", "0091"]))
@@ -798,7 +801,7 @@ class ClaimMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.patient())
     @rule()
     def cancel(self) -> None:
-        got = run(self.store.cancel_claim(PROVIDER, self.uuid, utcnow()))
+        got = run(self.store.claims.apply(lifecycle.cancelling(PROVIDER, self.uuid, utcnow())))
         assert (got is not None) is (self.model.status is ClaimStatus.PENDING)
         if got is not None:
             self.model.status = ClaimStatus.CANCELLED
@@ -816,7 +819,7 @@ class ClaimMachine(RuleBasedStateMachine):
 
     @rule()
     def expire(self) -> None:
-        got = run(self.store.expire_claim(self.uuid, utcnow()))
+        got = run(self.store.claims.apply(lifecycle.expiring(self.uuid, utcnow())))
         m = self.model
         assert (got is not None) is (m.status is ClaimStatus.PENDING and m.due)
         if got is not None:
@@ -828,10 +831,10 @@ class ClaimMachine(RuleBasedStateMachine):
         the same (now stale) read of the claim must lose."""
         seen = self.claim()
         before = (seen.status, seen.attempts)
-        got = run(self.store.take_lease(seen, utcnow() + timedelta(seconds=60)))
+        got = run(self.store.claims.take_lease(seen, utcnow() + timedelta(seconds=60)))
         assert (got is not None) is (self.model.status is ClaimStatus.PROCESSING)
         if got is not None:
-            assert run(self.store.take_lease(seen, utcnow() + timedelta(seconds=90))) is None
+            assert run(self.store.claims.take_lease(seen, utcnow() + timedelta(seconds=90))) is None
         after = self.claim()
         assert (after.status, after.attempts) == before
 

@@ -1,0 +1,101 @@
+"""The services every handler and admin task reaches, wired once at start-up.
+
+This module imports no handler: the web layer (``server.app``) depends on it, never the
+other way round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateways.base import Gateway, GatewayConfig, create_gateway
+from gateways.instrumented import InstrumentedGateway
+from server import metrics
+from server.background import InFlight
+from server.claims import ClaimService
+from server.crypto import KeyRing, load_or_create_key_file
+from server.health import Health
+from server.http_client import TornadoHttpClient
+from server.payouts import PayoutEngine
+from server.providers import ProviderService
+from server.settings import Settings
+from server.store import Store
+from server.transitions import Transitions
+from server.webhooks import WebhookSender
+
+
+@dataclass
+class Services:
+    """Everything a handler may call, built once at start-up."""
+
+    settings: Settings
+    store: Store
+    keys: KeyRing
+    gateway: Gateway
+    providers: ProviderService
+    claims: ClaimService
+    payouts: PayoutEngine
+    webhooks: WebhookSender
+    health: Health
+    inflight: InFlight = field(default_factory=InFlight)
+
+    @classmethod
+    def build(cls, settings: Settings, store: Store, keys: KeyRing, gateway: Gateway) -> Services:
+        gateway = InstrumentedGateway(gateway, metrics.observe_payment)
+        transitions = Transitions(store)
+        providers = ProviderService(settings, store, keys, gateway)
+        payouts = PayoutEngine(settings, store, keys, gateway, providers, transitions)
+        webhooks = WebhookSender(settings, store, providers)
+        transitions.on_terminal.append(webhooks.claim_finished)
+        claims = ClaimService(settings, store, transitions)
+        return cls(
+            settings,
+            store,
+            keys,
+            gateway,
+            providers,
+            claims,
+            payouts,
+            webhooks,
+            Health(store, gateway),
+        )
+
+    @classmethod
+    async def open(cls, settings: Settings, uri: str) -> Services:
+        """Keys, database (indexes made) and gateway, for a server or an admin task."""
+        store = Store(uri, settings.db_name, settings.db_timeout_ms)
+        try:
+            keys = load_keys(settings)
+            await store.create_indexes()
+            gateway = create_gateway(settings.gateway, gateway_config(settings))
+        except BaseException:
+            await store.close()
+            raise
+        return cls.build(settings, store, keys, gateway)
+
+    async def close(self) -> None:
+        await self.gateway.close()
+        await self.store.close()
+
+
+def load_keys(settings: Settings) -> KeyRing:
+    if settings.keys:
+        return KeyRing.parse(settings.keys)
+    return load_or_create_key_file(settings.data_dir)
+
+
+def gateway_config(settings: Settings) -> GatewayConfig:
+    return GatewayConfig(
+        environment=settings.env,
+        data_dir=settings.data_dir,
+        mock_latency_ms=settings.mock_latency_ms,
+        ebs_url=settings.ebs_url,
+        ebs_application_id=settings.ebs_application_id,
+        ebs_public_key=settings.ebs_public_key,
+        ebs_ca_file=settings.ebs_ca_file,
+        ebs_connect_timeout=settings.ebs_connect_timeout,
+        ebs_request_timeout=settings.ebs_request_timeout,
+        ebs_datetime_format=settings.ebs_datetime_format,
+        ebs_timezone=settings.ebs_timezone,
+        http=TornadoHttpClient(),
+    )

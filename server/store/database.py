@@ -1,0 +1,71 @@
+"""The connection and the per-collection stores, built once."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+
+from server.models import ClaimStatus, SystemFigures, as_utc
+from server.store.base import Doc, speaks_our_errors
+from server.store.claims import ClaimStore
+from server.store.indexes import INDEXES
+from server.store.leases import Leases
+from server.store.outbox import EventStore
+from server.store.providers import ProviderStore
+from server.store.sealed import SealedValues
+from server.store.totals import DailyTotals
+
+
+@speaks_our_errors
+class Store:
+    """The service's MongoDB database, one attribute per collection."""
+
+    def __init__(self, uri: str, db_name: str, timeout_ms: int = 5000) -> None:
+        self.client: AsyncMongoClient[Doc] = AsyncMongoClient(
+            uri,
+            serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms,
+            socketTimeoutMS=max(timeout_ms * 2, 10_000),
+            tz_aware=True,
+        )
+        self.db: AsyncDatabase[Doc] = self.client[db_name]
+        self.providers = ProviderStore(self.db.providers)
+        self.claims = ClaimStore(self.db.claims)
+        self.totals = DailyTotals(self.db.daily_totals)
+        self.events = EventStore(self.db.events)
+        self.leases = Leases(self.db.leases)
+        self.sealed = SealedValues(self.db.providers, self.db.claims)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def ping(self) -> bool:
+        try:
+            await self.db.command("ping")
+            return True
+        except PyMongoError:
+            return False
+
+    async def create_indexes(self) -> None:
+        for collection, keys, options in INDEXES:
+            await self.db[collection].create_index(keys, **options)
+
+    async def drop(self) -> None:
+        """Drop the whole database (tests and throw-away stores only)."""
+        await self.client.drop_database(self.db.name)
+
+    async def figures(self, now: datetime) -> SystemFigures:
+        """What the whole system looks like right now (for metrics and operators)."""
+        claims = self.db.claims
+        by_status = {
+            s.value: await claims.count_documents({"status": s.value}) for s in ClaimStatus
+        }
+        backlog = await claims.count_documents(
+            {"status": str(ClaimStatus.PROCESSING), "lease_until": {"$lte": now}}
+        )
+        oldest = await self.events.oldest_pending()
+        lag = (now - as_utc(oldest)).total_seconds() if oldest else 0.0
+        return SystemFigures(by_status, backlog, await self.events.counts(), max(lag, 0.0))

@@ -1,0 +1,57 @@
+"""Every index the store's queries rely on, created at start-up (idempotent)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING
+
+# (collection, keys, options): one entry for every query the store makes.
+INDEXES: tuple[tuple[str, list[tuple[str, int]], dict[str, Any]], ...] = (
+    ("providers", [("key_hash", ASCENDING)], {"unique": True, "name": "key_hash_unique"}),
+    (
+        "claims",
+        [("provider", ASCENDING), ("ref", ASCENDING)],
+        {"unique": True, "name": "provider_ref_unique"},
+    ),
+    (
+        "claims",
+        [("provider", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
+        {"name": "provider_newest"},
+    ),
+    (
+        "claims",
+        [
+            ("provider", ASCENDING),
+            ("status", ASCENDING),
+            ("created_at", DESCENDING),
+            ("_id", DESCENDING),
+        ],
+        {"name": "provider_status_newest"},
+    ),
+    ("claims", [("status", ASCENDING), ("expires_at", ASCENDING)], {"name": "status_expiry"}),
+    ("claims", [("status", ASCENDING), ("lease_until", ASCENDING)], {"name": "status_lease"}),
+    ("claims", [("notify", ASCENDING)], {"name": "notify"}),
+    (
+        "claims",
+        [("status", ASCENDING), ("attempts.outcome", ASCENDING)],
+        {"name": "status_attempt_outcome"},
+    ),
+    ("events", [("status", ASCENDING), ("next_attempt_at", ASCENDING)], {"name": "due"}),
+    ("events", [("status", ASCENDING), ("created_at", ASCENDING)], {"name": "oldest"}),
+    (
+        "events",
+        [("provider", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
+        {"name": "provider_newest"},
+    ),
+    (
+        "events",
+        [
+            ("provider", ASCENDING),
+            ("status", ASCENDING),
+            ("created_at", DESCENDING),
+            ("_id", DESCENDING),
+        ],
+        {"name": "provider_status_newest"},
+    ),
+)

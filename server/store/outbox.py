@@ -1,0 +1,126 @@
+"""The webhook outbox: one document per event, ``_id`` the event id (derived from the
+claim, so a second insert of a claim's event is refused)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING
+from pymongo.errors import DuplicateKeyError
+
+from server.models import Delivery, EventStatus, PageRequest, WebhookEvent
+from server.store.base import Coll, cas, newest_first, speaks_our_errors
+from server.store.codecs import delivery_doc, event_doc, event_from_doc
+
+PENDING = str(EventStatus.PENDING)
+
+
+@speaks_our_errors
+class EventStore:
+    def __init__(self, coll: Coll) -> None:
+        self.coll = coll
+
+    async def insert(self, event: WebhookEvent) -> bool:
+        """False when the event already exists."""
+        try:
+            await self.coll.insert_one(event_doc(event))
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def due(self, now: datetime, limit: int) -> list[tuple[str, str]]:
+        """(event id, provider) of pending events whose next attempt is due."""
+        cursor = (
+            self.coll.find({"status": PENDING, "next_attempt_at": {"$lte": now}}, {"provider": 1})
+            .sort("next_attempt_at", ASCENDING)
+            .limit(limit)
+        )
+        return [(d["_id"], d["provider"]) async for d in cursor]
+
+    async def take(self, event_id: str, now: datetime, until: datetime) -> WebhookEvent | None:
+        """Lease a due event so that no other process sends this attempt."""
+        doc = await cas(
+            self.coll,
+            {
+                "_id": event_id,
+                "status": PENDING,
+                "next_attempt_at": {"$lte": now},
+                "lease_until": {"$lte": now},
+            },
+            {"$set": {"lease_until": until}},
+        )
+        return event_from_doc(doc) if doc else None
+
+    async def record_delivery(
+        self,
+        event: WebhookEvent,
+        attempt: Delivery,
+        status: EventStatus,
+        next_attempt_at: datetime | None,
+    ) -> bool:
+        """Append the attempt and move the event on, only while we still hold its lease."""
+        changes: dict[str, Any] = {
+            "status": str(status),
+            "next_attempt_at": next_attempt_at,
+            "tries": event.tries + 1,
+            "lease_until": attempt.at,
+        }
+        if status is EventStatus.DELIVERED:
+            changes["delivered_at"] = attempt.at
+        result = await self.coll.update_one(
+            {"_id": event.event_id, "lease_until": event.lease_until},
+            {"$set": changes, "$push": {"attempts": delivery_doc(attempt)}},
+        )
+        return result.modified_count == 1
+
+    async def get(self, provider: str, event_id: str) -> WebhookEvent | None:
+        doc = await self.coll.find_one({"_id": event_id, "provider": provider})
+        return event_from_doc(doc) if doc else None
+
+    async def page(
+        self, provider: str, request: PageRequest
+    ) -> tuple[list[WebhookEvent], str | None]:
+        docs, next_cursor = await newest_first(self.coll, provider, request)
+        return [event_from_doc(d) for d in docs], next_cursor
+
+    async def redeliver(self, provider: str, event_id: str, now: datetime) -> WebhookEvent | None:
+        """Start a new round of attempts (the history is kept)."""
+        doc = await cas(
+            self.coll,
+            {"_id": event_id, "provider": provider},
+            {"$set": {"status": PENDING, "next_attempt_at": now, "tries": 0}},
+        )
+        return event_from_doc(doc) if doc else None
+
+    async def redeliver_matching(
+        self,
+        now: datetime,
+        *,
+        event_id: str | None,
+        provider: str | None,
+        since: datetime | None,
+        until: datetime | None,
+        status: str | None,
+    ) -> int:
+        """Start a new round for every matching event (an operator's bulk redelivery)."""
+        query: dict[str, Any] = {}
+        if event_id:
+            query["_id"] = event_id
+        if provider:
+            query["provider"] = provider
+        if status:
+            query["status"] = status
+        if since or until:
+            query["created_at"] = {k: v for k, v in (("$gte", since), ("$lt", until)) if v}
+        result = await self.coll.update_many(
+            query, {"$set": {"status": PENDING, "next_attempt_at": now, "tries": 0}}
+        )
+        return result.modified_count
+
+    async def counts(self) -> dict[str, int]:
+        return {s.value: await self.coll.count_documents({"status": s.value}) for s in EventStatus}
+
+    async def oldest_pending(self) -> datetime | None:
+        oldest = await self.coll.find_one({"status": PENDING}, sort=[("created_at", ASCENDING)])
+        return oldest["created_at"] if oldest else None

@@ -1,0 +1,60 @@
+"""Provider accounts: one document per provider, ``_id`` its name."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from pymongo.errors import DuplicateKeyError
+
+from server.models import Provider, SealedCard, WebhookSecret
+from server.store.base import Coll, Duplicate, cas, speaks_our_errors
+from server.store.codecs import card_doc, provider_doc, provider_from_doc, secrets_doc
+
+
+@speaks_our_errors
+class ProviderStore:
+    def __init__(self, coll: Coll) -> None:
+        self.coll = coll
+
+    async def insert(self, provider: Provider) -> None:
+        try:
+            await self.coll.insert_one(provider_doc(provider))
+        except DuplicateKeyError as exc:
+            raise Duplicate(provider.name) from exc
+
+    async def get(self, name: str) -> Provider | None:
+        doc = await self.coll.find_one({"_id": name})
+        return provider_from_doc(doc) if doc else None
+
+    async def by_key_hashes(self, key_hashes: Sequence[str]) -> dict[str, Provider]:
+        """The providers owning any of these key hashes, in one round trip."""
+        wanted = list(dict.fromkeys(key_hashes))
+        query = {"key_hash": wanted[0] if len(wanted) == 1 else {"$in": wanted}}
+        return {doc["key_hash"]: provider_from_doc(doc) async for doc in self.coll.find(query)}
+
+    async def update(
+        self,
+        name: str,
+        *,
+        updated_at: datetime,
+        endpoint: str | None = None,
+        card: SealedCard | None = None,
+        key_hash: str | None = None,
+        secrets: tuple[WebhookSecret, ...] | None = None,
+    ) -> Provider | None:
+        changes: dict[str, Any] = {"updated_at": updated_at}
+        if endpoint is not None:
+            changes["endpoint"] = endpoint
+        if card is not None:
+            changes["card"] = card_doc(card)
+        if key_hash is not None:
+            changes["key_hash"] = key_hash
+        if secrets is not None:
+            changes["secrets"] = secrets_doc(secrets)
+        doc = await cas(self.coll, {"_id": name}, {"$set": changes})
+        return provider_from_doc(doc) if doc else None
+
+    async def all(self) -> list[Provider]:
+        return [provider_from_doc(d) async for d in self.coll.find().sort("_id")]

@@ -1,0 +1,31 @@
+"""The one door through which a claim changes status: apply a ``lifecycle.Transition`` with
+the store's compare-and-set, then tell whoever listens for claims that reached an end."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from server.lifecycle import Transition
+from server.models import Claim
+from server.store import Store
+
+log = logging.getLogger("cashout.claims")
+
+TerminalHook = Callable[[Claim], Awaitable[None]]
+
+
+class Transitions:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.on_terminal: list[TerminalHook] = []
+
+    async def apply(self, t: Transition) -> Claim | None:
+        """The claim after ``t``, or None when it no longer matched (someone else moved it
+        first). Terminal hooks run here and only here."""
+        claim = await self.store.claims.apply(t)
+        if claim is not None and claim.status.terminal:
+            log.info("claim %s… is %s", claim.uuid[:8], claim.status)
+            for hook in self.on_terminal:
+                await hook(claim)
+        return claim
