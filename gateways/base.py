@@ -7,7 +7,7 @@ import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 
 class Outcome(enum.StrEnum):
@@ -138,34 +138,54 @@ class HttpClient(Protocol):
 
 
 @dataclass(frozen=True)
-class GatewayConfig:
-    """Everything any gateway may need, built by the server from its settings.
-
-    A plain dataclass so gateways never import the server package.
-    """
+class GatewayHost:
+    """What the server gives every gateway besides its own options: the mode it runs in,
+    where it may keep files, and the host's HTTP client (so gateways import no framework)."""
 
     environment: str = "sandbox"  # sandbox | production
-    data_dir: str = "./var"  # where the mock switch keeps its ledger
-    mock_latency_ms: int = 0
-    ebs_url: str | None = None  # base URL ending with '/'
-    ebs_application_id: str | None = None
-    ebs_public_key: str | None = None  # base64 DER SubjectPublicKeyInfo; None = getPublicKey
-    ebs_ca_file: str | None = None
-    ebs_connect_timeout: float = 10.0
-    ebs_request_timeout: float = 60.0
-    ebs_datetime_format: str = "%d%m%y%H%M%S"
-    ebs_timezone: str = "Africa/Khartoum"
+    data_dir: str = "./var"
     http: HttpClient | None = field(default=None, compare=False)  # owned by the gateway
+
+    @property
+    def production(self) -> bool:
+        return self.environment == "production"
+
+
+Problems = list[tuple[str, str]]  # (option name, what is wrong with it)
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A gateway without settings of its own."""
+
+    def problems(self, production: bool) -> Problems:
+        return []
 
 
 class Gateway(ABC):
     """A card switch. Every method returns a value; only programming errors raise."""
 
-    name: str = "gateway"
+    name: ClassVar[str] = "gateway"
+    # The gateway's own settings: a frozen dataclass whose fields (default, and help in
+    # ``metadata["help"]``) the server reads from CASHOUT_<NAME>_<FIELD>; its
+    # ``problems(production)`` method checks them.
+    Options: ClassVar[type[Any]] = NoOptions
+    sandbox_only: ClassVar[bool] = False  # moves no real money: production refuses it
 
     @classmethod
-    def from_config(cls, config: GatewayConfig) -> Gateway:
-        return cls()  # type: ignore[call-arg]
+    def create(cls, options: Any, host: GatewayHost) -> Gateway:
+        """A gateway from checked options."""
+        return cls()
+
+    @classmethod
+    def option_problems(cls, options: Any, production: bool) -> Problems:
+        check = getattr(options, "problems", None)
+        return list(check(production)) if check is not None else []
+
+    @classmethod
+    def longest_call(cls, options: Any) -> float:
+        """Seconds one ``transfer`` may take at most with these options (leases exceed it)."""
+        return 0.0
 
     @abstractmethod
     async def transfer(self, request: TransferRequest) -> TransferResult:
@@ -209,5 +229,6 @@ def load_gateway_class(spec: str) -> type[Gateway]:
     return cls
 
 
-def create_gateway(spec: str, config: GatewayConfig) -> Gateway:
-    return load_gateway_class(spec).from_config(config)
+def create_gateway(spec: str, options: Any, host: GatewayHost) -> Gateway:
+    cls = load_gateway_class(spec)
+    return cls.create(options if options is not None else cls.Options(), host)

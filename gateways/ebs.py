@@ -40,6 +40,7 @@ import os
 import re
 import time
 import uuid as uuidlib
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,10 +52,11 @@ from Crypto.PublicKey import RSA
 from gateways.base import (
     Card,
     Gateway,
-    GatewayConfig,
+    GatewayHost,
     HttpClient,
     HttpReply,
     Outcome,
+    Problems,
     TransferRequest,
     TransferResult,
     VerifyResult,
@@ -144,48 +146,97 @@ def _is_json_content_type(value: str) -> bool:
     return value.split(";", 1)[0].strip().lower() == "application/json"
 
 
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class EbsOptions:
+    """The EBS gateway's settings (``CASHOUT_EBS_*``), checked here and only here."""
+
+    url: str | None = field(default=None, metadata=_help("EBS consumer API base URL, ending /"))
+    application_id: str | None = field(default=None, metadata=_help("applicationId from EBS"))
+    public_key: str | None = field(
+        default=None, metadata=_help("EBS RSA key, base64 DER; unset = fetched (getPublicKey)")
+    )
+    ca_file: str | None = field(
+        default=None, metadata=_help("CA bundle that verifies EBS's TLS certificate")
+    )
+    connect_timeout: float = field(default=10.0, metadata=_help("seconds to connect to EBS"))
+    request_timeout: float = field(default=60.0, metadata=_help("seconds to wait for a reply"))
+    datetime_format: str = field(
+        default="%d%m%y%H%M%S", metadata=_help("strftime format of tranDateTime")
+    )
+    timezone: str = field(default="Africa/Khartoum", metadata=_help("zone of tranDateTime"))
+
+    def problems(self, production: bool) -> Problems:
+        p: Problems = []
+        if not self.url:
+            p.append(("url", "required with CASHOUT_GATEWAY=ebs"))
+        else:
+            parts = urlsplit(self.url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                p.append(("url", f"{self.url!r} must be an http(s) URL ending with /"))
+            elif not self.url.endswith("/"):
+                p.append(("url", f"{self.url!r} must be an http(s) URL ending with /"))
+            elif production and parts.scheme != "https":
+                p.append(("url", "must be https in production"))
+        if not self.application_id:
+            p.append(("application_id", "required with CASHOUT_GATEWAY=ebs"))
+        if self.ca_file and not os.path.isfile(self.ca_file):
+            p.append(("ca_file", f"{self.ca_file!r} is not a readable file"))
+        elif production and not self.ca_file:
+            p.append(("ca_file", "required in production to verify EBS's TLS"))
+        if self.connect_timeout <= 0 or self.request_timeout <= 0:
+            p.append(("request_timeout", "timeouts must be positive"))
+        try:
+            sample = datetime.now(ZoneInfo(self.timezone)).strftime(self.datetime_format)
+        except (ZoneInfoNotFoundError, ValueError):
+            p.append(("timezone", f"unknown time zone {self.timezone!r}"))
+        else:
+            if not (len(sample) == 12 and sample.isdigit()):
+                p.append(("datetime_format", "must give 12 digits"))
+        if self.public_key:
+            try:
+                load_public_key(self.public_key)
+            except ValueError:
+                p.append(("public_key", "is not a base64 DER RSA public key"))
+        return p
+
+
 class EbsGateway(Gateway):
     """EBS consumer API client; every method returns a value, network trouble included."""
 
     name = "ebs"
+    Options = EbsOptions
 
-    def __init__(self, config: GatewayConfig) -> None:
-        url = config.ebs_url
-        if not url:
-            raise ValueError("the ebs gateway needs an EBS URL (CASHOUT_EBS_URL)")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("the EBS URL must be an absolute http(s) URL")
-        if config.environment == "production" and parts.scheme != "https":
-            raise ValueError("production refuses an http:// EBS URL; use https")
-        if not config.ebs_application_id:
-            raise ValueError("the ebs gateway needs an application id (CASHOUT_EBS_APPLICATION_ID)")
-        if config.ebs_ca_file and not os.path.isfile(config.ebs_ca_file):
-            raise ValueError("the EBS CA file does not exist")
-        try:
-            self._zone = ZoneInfo(config.ebs_timezone)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown EBS time zone {config.ebs_timezone!r}") from exc
-        sample = datetime.now(self._zone).strftime(config.ebs_datetime_format)
-        if not (len(sample) == 12 and sample.isdigit()):
-            raise ValueError("the EBS tranDateTime format must give 12 digits")
-        self._url = url if url.endswith("/") else url + "/"
-        self._config = config
-        self._configured_key = (
-            load_public_key(config.ebs_public_key) if config.ebs_public_key else None
-        )
+    def __init__(self, options: EbsOptions, http: HttpClient, production: bool = False) -> None:
+        problems = options.problems(production)
+        if problems:  # the server checked them; a direct caller may not have
+            raise ValueError("; ".join(f"{name}: {problem}" for name, problem in problems))
+        assert options.url is not None
+        self._url = options.url
+        self._options = options
+        self._zone = ZoneInfo(options.timezone)
+        self._configured_key = load_public_key(options.public_key) if options.public_key else None
         self._fetched_key: RSA.RsaKey | None = None
         self._key_failure: _Answer | None = None
         self._key_problem = ""
-        if config.http is None:
-            raise ValueError("the ebs gateway needs an HTTP client from its host")
-        self._client: HttpClient = config.http
+        self._client = http
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock: asyncio.Lock | None = None
 
     @classmethod
-    def from_config(cls, config: GatewayConfig) -> EbsGateway:
-        return cls(config)
+    def create(cls, options: EbsOptions, host: GatewayHost) -> EbsGateway:
+        if host.http is None:
+            raise ValueError("the ebs gateway needs an HTTP client from its host")
+        return cls(options, host.http, host.production)
+
+    @classmethod
+    def longest_call(cls, options: EbsOptions) -> float:
+        """A transfer may take four requests: fetch the key, send, and after a PIN-block
+        error fetch the key again and resend."""
+        return 4 * (options.connect_timeout + options.request_timeout)
 
     def _key_lock(self) -> asyncio.Lock:
         """One lock per event loop (tests run the gateway on several loops in turn)."""
@@ -196,8 +247,8 @@ class EbsGateway(Gateway):
 
     def _common(self, request_uuid: str | None = None) -> dict[str, Any]:
         return {
-            "applicationId": self._config.ebs_application_id,
-            "tranDateTime": datetime.now(self._zone).strftime(self._config.ebs_datetime_format),
+            "applicationId": self._options.application_id,
+            "tranDateTime": datetime.now(self._zone).strftime(self._options.datetime_format),
             "UUID": request_uuid or str(uuidlib.uuid4()),
         }
 
@@ -207,9 +258,9 @@ class EbsGateway(Gateway):
             await self._client.post_json(
                 self._url + endpoint,
                 json.dumps(body).encode(),
-                connect_timeout=self._config.ebs_connect_timeout,
-                request_timeout=self._config.ebs_request_timeout,
-                ca_file=self._config.ebs_ca_file,
+                connect_timeout=self._options.connect_timeout,
+                request_timeout=self._options.request_timeout,
+                ca_file=self._options.ca_file,
             )
         )
         log.info(

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gateways.base import (
     Card,
     Gateway,
-    GatewayConfig,
+    GatewayHost,
     Outcome,
+    Problems,
     TransferRequest,
     TransferResult,
     VerifyResult,
@@ -37,10 +39,22 @@ log = logging.getLogger(__name__)
 LEDGER_FILE = "mock-switch.sqlite3"
 
 
+@dataclass(frozen=True)
+class MockOptions:
+    latency_ms: int = field(
+        default=0, metadata={"help": "delay the mock gateway adds to each transfer"}
+    )
+
+    def problems(self, production: bool) -> Problems:
+        return [("latency_ms", "must not be negative")] if self.latency_ms < 0 else []
+
+
 class MockGateway(Gateway):
     """In-process sandbox switch with a persistent, shared ledger."""
 
     name = "mock"
+    Options = MockOptions
+    sandbox_only = True
 
     def __init__(self, data_dir: str | Path = "./var", latency_ms: int = 0) -> None:
         self.ledger_path = Path(data_dir) / LEDGER_FILE
@@ -48,8 +62,12 @@ class MockGateway(Gateway):
         self._switch: Switch | None = None
 
     @classmethod
-    def from_config(cls, config: GatewayConfig) -> MockGateway:
-        return cls(config.data_dir, config.mock_latency_ms)
+    def create(cls, options: MockOptions, host: GatewayHost) -> MockGateway:
+        return cls(host.data_dir, options.latency_ms)
+
+    @classmethod
+    def longest_call(cls, options: MockOptions) -> float:
+        return options.latency_ms / 1000
 
     @property
     def switch(self) -> Switch:

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from server import settings as settings_mod
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _named_gateway(argv: list[str]) -> str | None:
+    """The gateway named by ``--gateway`` or ``CASHOUT_GATEWAY``, before parsing, so a
+    gateway loaded by dotted path gets flags for its own options."""
+    for i, arg in enumerate(argv):
+        if arg == "--gateway" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--gateway="):
+            return arg.split("=", 1)[1]
+    return os.environ.get("CASHOUT_GATEWAY")
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    settings_mod.add_arguments(common)
+    settings_mod.add_arguments(common, _named_gateway(sys.argv[1:] if argv is None else argv))
     parser = argparse.ArgumentParser(
         prog="python -m server",
         parents=[common],
@@ -28,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     if getattr(args, "command", None) == "admin" and args.task == "new-key":
         from server.crypto import KeyRing
 

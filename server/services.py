@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateways.base import Gateway, GatewayConfig, create_gateway
+from gateways.base import Gateway, GatewayHost, create_gateway
 from gateways.instrumented import InstrumentedGateway
 from server import metrics
 from server.background import InFlight
@@ -67,7 +67,7 @@ class Services:
         try:
             keys = load_keys(settings)
             await store.create_indexes()
-            gateway = create_gateway(settings.gateway, gateway_config(settings))
+            gateway = open_gateway(settings)
         except BaseException:
             await store.close()
             raise
@@ -84,18 +84,7 @@ def load_keys(settings: Settings) -> KeyRing:
     return load_or_create_key_file(settings.data_dir)
 
 
-def gateway_config(settings: Settings) -> GatewayConfig:
-    return GatewayConfig(
-        environment=settings.env,
-        data_dir=settings.data_dir,
-        mock_latency_ms=settings.mock_latency_ms,
-        ebs_url=settings.ebs_url,
-        ebs_application_id=settings.ebs_application_id,
-        ebs_public_key=settings.ebs_public_key,
-        ebs_ca_file=settings.ebs_ca_file,
-        ebs_connect_timeout=settings.ebs_connect_timeout,
-        ebs_request_timeout=settings.ebs_request_timeout,
-        ebs_datetime_format=settings.ebs_datetime_format,
-        ebs_timezone=settings.ebs_timezone,
-        http=TornadoHttpClient(),
-    )
+def open_gateway(settings: Settings) -> Gateway:
+    """The selected gateway with its own options and the host's HTTP client."""
+    host = GatewayHost(settings.env, settings.data_dir, TornadoHttpClient())
+    return create_gateway(settings.gateway, settings.gateway_options, host)

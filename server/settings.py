@@ -1,7 +1,14 @@
 """One settings object, built once at start-up from flags and ``CASHOUT_*`` variables.
 
-Flags win over the environment. ``validate`` returns every problem at once, one line each,
-so an operator fixes a broken deployment in one go rather than one restart per mistake.
+Each setting is declared once, as a field of ``Settings``: its type (the annotation), its
+default, its help and its own check. The flag (``--public-url``) and the variable
+(``CASHOUT_PUBLIC_URL``) come from the field's name. A gateway declares its own options the
+same way, as the fields of its ``Options`` dataclass; they are read from
+``CASHOUT_<GATEWAY>_<FIELD>`` (``CASHOUT_EBS_URL``) and checked by the gateway itself, so a
+gateway loaded by dotted path gets settings of its own with no change here.
+
+Flags win over the environment. ``load`` reports every problem at once, one line each, so an
+operator fixes a broken deployment in one go rather than one restart per mistake.
 """
 
 from __future__ import annotations
@@ -10,152 +17,163 @@ import argparse
 import dataclasses
 import ipaddress
 import os
-from collections.abc import Callable, Mapping, Sequence
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateways.base import BUILTIN_GATEWAYS, Gateway, load_gateway_class
+
 ENVIRONMENTS = ("sandbox", "production")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+PREFIX = "CASHOUT_"
+
+Check = Callable[[Any], "str | None"]
 
 
-@dataclass(frozen=True)
-class Option:
-    """One setting: its flag, its variable, how to parse it and what it means (for --help)."""
-
-    name: str
-    default: Any
-    parse: Callable[[str], Any]
-    help: str
-
-    @property
-    def env(self) -> str:
-        return "CASHOUT_" + self.name.upper()
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+def setting(default: Any, help: str, check: Check | None = None, *, secret: bool = False) -> Any:
+    """Declare one setting: default, help text (for ``--help``) and its own check."""
+    return field(default=default, repr=not secret, metadata={"help": help, "check": check})
 
 
-def _bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{text!r} is not a boolean (use true or false)")
+# -- checks of one value (cross-setting rules are in ``validate``) ----------------------------
 
 
-def _optional(text: str) -> str | None:
-    return text or None
+def at_least(low: float) -> Check:
+    return lambda v: None if v >= low else f"must be at least {low:g}"
 
 
-OPTIONS: tuple[Option, ...] = (
-    Option("env", "sandbox", str, "sandbox or production"),
-    Option("host", "127.0.0.1", str, "listen address"),
-    Option("port", 8080, int, "listen port (0 picks a free one)"),
-    Option("public_url", "http://localhost:8080", str, "base URL used in claim links"),
-    Option("data_dir", "./var", str, "embedded database files and the sandbox key file"),
-    Option("mongodb_uri", None, _optional, "external MongoDB; unset starts the embedded one"),
-    Option("db_name", "cashout", str, "database name"),
-    Option("gateway", "mock", str, "mock, ebs, or package.module:Class"),
-    Option("keys", None, _optional, "data-encryption key ring kid:base64key[;kid:base64key]"),
-    Option("ebs_url", None, _optional, "EBS consumer API base URL, ending with /"),
-    Option("ebs_application_id", None, _optional, "applicationId issued by EBS"),
-    Option("ebs_public_key", None, _optional, "EBS RSA key, base64 DER; unset = getPublicKey"),
-    Option("ebs_ca_file", None, _optional, "CA bundle that verifies the EBS TLS certificate"),
-    Option("ebs_connect_timeout", 10.0, float, "seconds to connect to EBS"),
-    Option("ebs_request_timeout", 60.0, float, "seconds to wait for an EBS reply"),
-    Option("ebs_datetime_format", "%d%m%y%H%M%S", str, "strftime format of tranDateTime"),
-    Option("ebs_timezone", "Africa/Khartoum", str, "zone of tranDateTime"),
-    Option("mock_latency_ms", 0, int, "delay the mock gateway adds to each transfer"),
-    Option("max_claim_amount", 100_000, int, "largest amount of one claim"),
-    Option("daily_limit", 1_000_000, int, "largest total a provider may generate per UTC day"),
-    Option("claim_ttl", 7 * 24 * 3600, int, "default seconds before a pending claim expires"),
-    Option("max_claim_ttl", 30 * 24 * 3600, int, "largest expires_in a provider may ask for"),
-    Option("max_body_bytes", 64 * 1024, int, "largest request body accepted"),
-    Option("reconcile_interval", 30.0, float, "seconds between reconciliation and expiry runs"),
-    Option(
-        "attempt_lease",
-        300.0,
-        float,
-        "seconds a transfer attempt may run before reconciliation asks the gateway",
-    ),
-    Option(
-        "settle_grace",
-        60.0,
-        float,
-        "seconds after an attempt started before 'no such transaction' is believed",
-    ),
-    Option("webhook_timeout", 10.0, float, "seconds a webhook endpoint has to answer"),
-    Option(
-        "webhook_retry_schedule",
-        "5,300,1800,7200,18000,36000,36000,86400,86400",
-        str,
-        "seconds between webhook attempts (comma-separated); then the event fails",
-    ),
-    Option("webhook_sweep_interval", 2.0, float, "seconds between webhook outbox sweeps"),
-    Option("webhook_concurrency", 32, int, "webhook deliveries in flight at once, in all"),
-    Option("webhook_per_provider", 4, int, "webhook deliveries in flight for one provider"),
-    Option("embedded_db_port", 0, int, "port of the embedded database (0 picks a free one)"),
-    Option("db_timeout_ms", 5000, int, "how long a database call may wait for the server"),
-    Option(
-        "db_batch",
-        256,
-        int,
-        "most requests that share one database round trip (group commit); 1 = none",
-    ),
-    Option("log_level", "info", str, "debug, info, warning or error"),
-    Option("log_format", "text", str, "text or json (one JSON object per line)"),
-    Option("processes", 1, int, "server processes sharing the port (reuse_port)"),
-    Option(
-        "shutdown_timeout",
-        20.0,
-        float,
-        "seconds SIGTERM waits for in-flight requests and transfers",
-    ),
-)
+def between(low: float, high: float) -> Check:
+    return lambda v: None if low <= v <= high else f"must be from {low:g} to {high:g}"
+
+
+def positive(v: float) -> str | None:
+    return None if v > 0 else "must be positive"
+
+
+def one_of(*choices: str) -> Check:
+    return lambda v: None if v in choices else f"{v!r} must be {' or '.join(choices)}"
+
+
+def tcp_port(v: int) -> str | None:
+    return None if 0 <= v <= 65535 else f"{v} is not a TCP port"
+
+
+def absolute_url(v: str) -> str | None:
+    parts = urlsplit(v)
+    if parts.scheme in ("http", "https") and parts.hostname:
+        return None
+    return f"{v!r} must be an absolute http(s) URL"
+
+
+def key_ring(v: str | None) -> str | None:
+    if v is None:
+        return None
+    from server.crypto import KeyRing  # crypto needs no settings
+
+    try:
+        KeyRing.parse(v)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def gateway_spec(v: str) -> str | None:
+    try:
+        load_gateway_class(v)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def seconds_list(v: str) -> str | None:
+    try:
+        if all(d >= 0 for d in _seconds(v)):
+            return None
+    except ValueError:
+        pass
+    return "must be comma-separated seconds, e.g. 5,300"
+
+
+def _seconds(text: str) -> list[float]:
+    return [float(s) for s in text.split(",") if s.strip()]
+
+
+# -- the settings ------------------------------------------------------------------------------
+
+DAY = 24 * 3600
 
 
 @dataclass(frozen=True)
 class Settings:
-    env: str = "sandbox"
-    host: str = "127.0.0.1"
-    port: int = 8080
-    public_url: str = "http://localhost:8080"
-    data_dir: str = "./var"
-    mongodb_uri: str | None = None
-    db_name: str = "cashout"
-    gateway: str = "mock"
-    keys: str | None = field(default=None, repr=False)
-    ebs_url: str | None = None
-    ebs_application_id: str | None = None
-    ebs_public_key: str | None = None
-    ebs_ca_file: str | None = None
-    ebs_connect_timeout: float = 10.0
-    ebs_request_timeout: float = 60.0
-    ebs_datetime_format: str = "%d%m%y%H%M%S"
-    ebs_timezone: str = "Africa/Khartoum"
-    mock_latency_ms: int = 0
-    max_claim_amount: int = 100_000
-    daily_limit: int = 1_000_000
-    claim_ttl: int = 7 * 24 * 3600
-    max_claim_ttl: int = 30 * 24 * 3600
-    max_body_bytes: int = 64 * 1024
-    reconcile_interval: float = 30.0
-    attempt_lease: float = 300.0
-    settle_grace: float = 60.0
-    webhook_timeout: float = 10.0
-    webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000,86400,86400"
-    webhook_sweep_interval: float = 2.0
-    webhook_concurrency: int = 32
-    webhook_per_provider: int = 4
-    embedded_db_port: int = 0
-    db_timeout_ms: int = 5000
-    db_batch: int = 256
-    log_level: str = "info"
-    log_format: str = "text"
-    processes: int = 1
-    shutdown_timeout: float = 20.0
+    env: str = setting("sandbox", "sandbox or production", one_of(*ENVIRONMENTS))
+    host: str = setting("127.0.0.1", "listen address")
+    port: int = setting(8080, "listen port (0 picks a free one)", tcp_port)
+    public_url: str = setting("http://localhost:8080", "base URL used in claim links", absolute_url)
+    data_dir: str = setting("./var", "embedded database files, sandbox key file, mock ledger")
+    mongodb_uri: str | None = setting(
+        None, "external MongoDB; unset starts the embedded one", secret=True
+    )
+    db_name: str = setting("cashout", "database name")
+    db_timeout_ms: int = setting(5000, "how long a database call waits for the server", at_least(1))
+    db_batch: int = setting(
+        256,
+        "most requests sharing one database round trip (group commit); 1 turns batching off",
+        between(1, 1000),
+    )
+    embedded_db_port: int = setting(
+        0, "port of the embedded database (0 = any free port)", tcp_port
+    )
+    gateway: str = setting("mock", "mock, ebs, or package.module:Class", gateway_spec)
+    keys: str | None = setting(
+        None,
+        "data-encryption key ring kid:base64key[;kid:base64key...]; the first encrypts",
+        key_ring,
+        secret=True,
+    )
+    reconcile_interval: float = setting(
+        30.0, "seconds between reconciliation and expiry rounds", positive
+    )
+    attempt_lease: float = setting(
+        300.0, "seconds a transfer attempt may run before reconciliation asks the gateway", positive
+    )
+    settle_grace: float = setting(
+        60.0,
+        "seconds after an attempt started before 'no such transaction' is believed",
+        at_least(0),
+    )
+    webhook_timeout: float = setting(10.0, "seconds a webhook endpoint has to answer", positive)
+    webhook_retry_schedule: str = setting(
+        "5,300,1800,7200,18000,36000,36000,86400,86400",
+        "seconds between webhook attempts, comma-separated; then the event fails",
+        seconds_list,
+    )
+    webhook_sweep_interval: float = setting(2.0, "seconds between outbox sweeps", positive)
+    webhook_concurrency: int = setting(32, "webhook deliveries in flight, in all", at_least(1))
+    webhook_per_provider: int = setting(
+        4, "webhook deliveries in flight for one provider", at_least(1)
+    )
+    max_claim_amount: int = setting(100_000, "largest amount of one claim", at_least(1))
+    daily_limit: int = setting(
+        1_000_000, "largest total a provider may generate per UTC day", at_least(1)
+    )
+    claim_ttl: int = setting(7 * DAY, "default claim lifetime, seconds", at_least(1))
+    max_claim_ttl: int = setting(30 * DAY, "largest claim lifetime, seconds", at_least(1))
+    max_body_bytes: int = setting(64 * 1024, "largest request body (bigger gets 413)", at_least(1))
+    log_level: str = setting("info", "debug, info, warning or error", one_of(*LOG_LEVELS))
+    log_format: str = setting(
+        "text", "text or json (one JSON object per line)", one_of("text", "json")
+    )
+    processes: int = setting(1, "worker processes sharing the port (SO_REUSEPORT)", between(1, 64))
+    shutdown_timeout: float = setting(
+        20.0, "seconds SIGTERM waits for requests and transfers in flight", at_least(0)
+    )
+    # The selected gateway's own options (an instance of its ``Options``), read from
+    # ``CASHOUT_<GATEWAY>_*``; not a setting of its own.
+    gateway_options: Any = field(default=None, compare=False, metadata={"internal": True})
 
     @property
     def production(self) -> bool:
@@ -171,7 +189,100 @@ class Settings:
 
     @property
     def retry_schedule(self) -> list[float]:
-        return [float(s) for s in self.webhook_retry_schedule.split(",") if s.strip()]
+        return _seconds(self.webhook_retry_schedule)
+
+    @property
+    def gateway_class(self) -> type[Gateway]:
+        return load_gateway_class(self.gateway)
+
+
+# -- declared options, as flags and variables ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    """One declared setting or gateway option, with its flag and variable."""
+
+    name: str  # the field's name, prefixed by the gateway's for gateway options
+    field: str
+    type: Any
+    default: Any
+    help: str
+    check: Check | None = None
+
+    @property
+    def env(self) -> str:
+        return PREFIX + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _options(cls: type[Any], prefix: str = "") -> Iterator[Option]:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        yield Option(
+            prefix + f.name,
+            f.name,
+            hints[f.name],
+            f.default,
+            f.metadata.get("help", ""),
+            f.metadata.get("check"),
+        )
+
+
+OPTIONS: tuple[Option, ...] = tuple(_options(Settings))
+
+
+@cache
+def gateway_options(cls: type[Gateway]) -> tuple[Option, ...]:
+    return tuple(_options(cls.Options, cls.name + "_"))
+
+
+def all_options(extra: Sequence[type[Gateway]] = ()) -> list[Option]:
+    """The service's settings and the options of the built-in gateways (and ``extra``)."""
+    found = list(OPTIONS)
+    for cls in [*(load_gateway_class(g) for g in BUILTIN_GATEWAYS), *extra]:
+        found += [o for o in gateway_options(cls) if o not in found]
+    return found
+
+
+def _parse(option: Option, raw: str) -> Any:
+    kind = option.type
+    if isinstance(kind, types.UnionType):  # ``str | None``: empty means unset
+        if not raw:
+            return None
+        kind = next(t for t in typing.get_args(kind) if t is not type(None))
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(raw)
+    return kind(raw)
+
+
+def add_arguments(parser: argparse.ArgumentParser, gateway: str | None = None) -> None:
+    """A flag for every setting and every known gateway's options (``gateway``: a dotted
+    path named on the command line or in the environment, whose options join them)."""
+    extra = []
+    if gateway and gateway not in BUILTIN_GATEWAYS:
+        try:
+            extra.append(load_gateway_class(gateway))
+        except ValueError:
+            pass  # reported by load()
+    for opt in all_options(extra):
+        parser.add_argument(
+            opt.flag,
+            dest=opt.name,
+            default=argparse.SUPPRESS,
+            metavar=opt.field.upper(),
+            help=f"{opt.help} (${opt.env}, default {opt.default!r})".replace("%", "%%"),
+        )
 
 
 class SettingsError(Exception):
@@ -182,41 +293,55 @@ class SettingsError(Exception):
         self.problems = list(problems)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    for opt in OPTIONS:
-        parser.add_argument(
-            opt.flag,
-            dest=opt.name,
-            default=argparse.SUPPRESS,
-            metavar=opt.name.upper(),
-            help=f"{opt.help} (${opt.env}, default {opt.default!r})".replace("%", "%%"),
-        )
+def _read(
+    options: Sequence[Option], args: Mapping[str, Any], environ: Mapping[str, str]
+) -> tuple[dict[str, Any], list[str]]:
+    """Each option's value (flag, else variable, else default) and any problems."""
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for opt in options:
+        raw, source = args.get(opt.name), opt.flag
+        if raw is None:
+            raw, source = environ.get(opt.env), opt.env
+        if raw is None:
+            value = opt.default
+        else:
+            try:
+                value = _parse(opt, raw)
+            except ValueError:
+                problems.append(f"{source}: {raw!r} is not a valid {_type_name(opt.type)}")
+                continue
+        problem = opt.check(value) if opt.check and value is not None else None
+        if problem:
+            problems.append(f"{opt.env}: {problem}")
+        values[opt.field] = value
+    return values, problems
+
+
+def _type_name(kind: Any) -> str:
+    if isinstance(kind, types.UnionType):
+        kind = next(t for t in typing.get_args(kind) if t is not type(None))
+    return getattr(kind, "__name__", str(kind))
 
 
 def load(
     args: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
-    """Build Settings from parsed flags and the environment, or raise SettingsError."""
+    """Build Settings (and the selected gateway's options) from parsed flags and the
+    environment, or raise SettingsError with every problem."""
     environ = os.environ if environ is None else environ
     args = args or {}
-    values: dict[str, Any] = {}
-    problems: list[str] = []
-    for opt in OPTIONS:
-        raw = args.get(opt.name)
-        source = opt.flag
-        if raw is None:
-            raw = environ.get(opt.env)
-            source = opt.env
-        if raw is None:
-            values[opt.name] = opt.default
-            continue
-        try:
-            values[opt.name] = opt.parse(raw)
-        except ValueError:
-            problems.append(f"{source}: {raw!r} is not a valid {opt.parse.__name__}")
+    values, problems = _read(OPTIONS, args, environ)
+    options = None
+    if "gateway" in values and not gateway_spec(values["gateway"]):
+        cls = load_gateway_class(values["gateway"])
+        option_values, option_problems = _read(gateway_options(cls), args, environ)
+        problems += option_problems
+        if not option_problems:
+            options = cls.Options(**option_values)
     if problems:
         raise SettingsError(problems)
-    settings = Settings(**values)
+    settings = Settings(**values, gateway_options=options)
     problems = validate(settings)
     if problems:
         raise SettingsError(problems)
@@ -225,6 +350,38 @@ def load(
 
 def replace(settings: Settings, **changes: Any) -> Settings:
     return dataclasses.replace(settings, **changes)
+
+
+def with_gateway(settings: Settings, **options: Any) -> Settings:
+    """These settings with the gateway's options set (its defaults for the rest)."""
+    return replace(settings, gateway_options=settings.gateway_class.Options(**options))
+
+
+def validate(s: Settings) -> list[str]:
+    """Every reason these settings cannot run together, one line each (empty when fine).
+    Single values were checked as they were read; here are the rules between them."""
+    p: list[str] = []
+    if s.claim_ttl > s.max_claim_ttl:
+        p.append("CASHOUT_CLAIM_TTL: must not exceed CASHOUT_MAX_CLAIM_TTL")
+    if s.daily_limit < s.max_claim_amount:
+        p.append("CASHOUT_DAILY_LIMIT: must be at least CASHOUT_MAX_CLAIM_AMOUNT")
+    if s.processes > 1 and s.port == 0:
+        p.append("CASHOUT_PORT: several processes need a fixed port to share")
+    if s.webhook_per_provider > s.webhook_concurrency:
+        p.append("CASHOUT_WEBHOOK_PER_PROVIDER: must not exceed CASHOUT_WEBHOOK_CONCURRENCY")
+    cls = s.gateway_class
+    options = s.gateway_options if s.gateway_options is not None else cls.Options()
+    for name, problem in cls.option_problems(options, s.production):
+        p.append(f"{PREFIX}{cls.name.upper()}_{name.upper()}: {problem}")
+    call_time = cls.longest_call(options)
+    if s.attempt_lease <= call_time + 1:
+        p.append(
+            f"CASHOUT_ATTEMPT_LEASE: must be longer than a gateway call can take "
+            f"({call_time:.0f}s) plus a second, or reconciliation could race a live call"
+        )
+    if s.production:
+        p.extend(_production_problems(s, cls))
+    return p
 
 
 def _is_private_host(host: str) -> bool:
@@ -237,116 +394,20 @@ def _is_private_host(host: str) -> bool:
     return not addr.is_global
 
 
-def validate(s: Settings) -> list[str]:
-    """Every reason these settings cannot run, as one line each (empty when fine)."""
-    p: list[str] = []
-    if s.env not in ENVIRONMENTS:
-        p.append(f"CASHOUT_ENV: {s.env!r} must be 'sandbox' or 'production'")
-    if not 0 <= s.port <= 65535:
-        p.append(f"CASHOUT_PORT: {s.port} is not a TCP port")
-    if not 0 <= s.embedded_db_port <= 65535:
-        p.append(f"CASHOUT_EMBEDDED_DB_PORT: {s.embedded_db_port} is not a TCP port")
-    url = urlsplit(s.public_url)
-    if url.scheme not in ("http", "https") or not url.hostname:
-        p.append(f"CASHOUT_PUBLIC_URL: {s.public_url!r} must be an absolute http(s) URL")
-    for name in (
-        "max_claim_amount",
-        "daily_limit",
-        "claim_ttl",
-        "max_claim_ttl",
-        "max_body_bytes",
-        "db_timeout_ms",
-    ):
-        if getattr(s, name) < 1:
-            p.append(f"CASHOUT_{name.upper()}: must be at least 1")
-    if not 1 <= s.db_batch <= 1000:
-        p.append("CASHOUT_DB_BATCH: must be from 1 to 1000")
-    if s.mock_latency_ms < 0:
-        p.append("CASHOUT_MOCK_LATENCY_MS: must not be negative")
-    if s.claim_ttl > s.max_claim_ttl:
-        p.append("CASHOUT_CLAIM_TTL: must not exceed CASHOUT_MAX_CLAIM_TTL")
-    if s.daily_limit < s.max_claim_amount:
-        p.append("CASHOUT_DAILY_LIMIT: must be at least CASHOUT_MAX_CLAIM_AMOUNT")
-    if s.log_format not in ("text", "json"):
-        p.append(f"CASHOUT_LOG_FORMAT: {s.log_format!r} must be text or json")
-    if not 1 <= s.processes <= 64:
-        p.append("CASHOUT_PROCESSES: must be from 1 to 64")
-    elif s.processes > 1 and s.port == 0:
-        p.append("CASHOUT_PORT: several processes need a fixed port to share")
-    if s.shutdown_timeout < 0:
-        p.append("CASHOUT_SHUTDOWN_TIMEOUT: must not be negative")
-    if s.log_level.lower() not in ("debug", "info", "warning", "error"):
-        p.append(f"CASHOUT_LOG_LEVEL: {s.log_level!r} must be debug, info, warning or error")
-    if s.keys is not None:
-        from server.crypto import KeyRing  # local import: crypto needs no settings
-
-        try:
-            KeyRing.parse(s.keys)
-        except ValueError as exc:
-            p.append(f"CASHOUT_KEYS: {exc}")
-    from gateways.base import load_gateway_class  # gateways never import settings
-
-    try:
-        load_gateway_class(s.gateway)
-    except ValueError as exc:
-        p.append(f"CASHOUT_GATEWAY: {exc}")
-    if s.gateway == "ebs":
-        if not s.ebs_url:
-            p.append("CASHOUT_EBS_URL: required with CASHOUT_GATEWAY=ebs")
-        elif urlsplit(s.ebs_url).scheme not in ("http", "https") or not s.ebs_url.endswith("/"):
-            p.append(f"CASHOUT_EBS_URL: {s.ebs_url!r} must be an http(s) URL ending with /")
-        if not s.ebs_application_id:
-            p.append("CASHOUT_EBS_APPLICATION_ID: required with CASHOUT_GATEWAY=ebs")
-        if s.ebs_ca_file and not os.path.isfile(s.ebs_ca_file):
-            p.append(f"CASHOUT_EBS_CA_FILE: {s.ebs_ca_file!r} is not a readable file")
-    try:
-        if any(d < 0 for d in s.retry_schedule):
-            raise ValueError
-    except ValueError:
-        p.append("CASHOUT_WEBHOOK_RETRY_SCHEDULE: must be comma-separated seconds, e.g. 5,300")
-    if s.webhook_timeout <= 0 or s.webhook_sweep_interval <= 0:
-        p.append("CASHOUT_WEBHOOK_TIMEOUT / _SWEEP_INTERVAL: must be positive")
-    if s.webhook_concurrency < 1 or not 1 <= s.webhook_per_provider <= s.webhook_concurrency:
-        p.append("CASHOUT_WEBHOOK_PER_PROVIDER: must be from 1 to CASHOUT_WEBHOOK_CONCURRENCY")
-    if s.reconcile_interval <= 0 or s.settle_grace < 0:
-        p.append("CASHOUT_RECONCILE_INTERVAL / CASHOUT_SETTLE_GRACE: must be positive")
-    # An EBS transfer may take four requests: fetch the key, send, and after a PIN-block
-    # error fetch the key again and resend.
-    call_time = (
-        4 * (s.ebs_connect_timeout + s.ebs_request_timeout)
-        if s.gateway == "ebs"
-        else s.mock_latency_ms / 1000
-    )
-    if s.attempt_lease <= call_time + 1:
-        p.append(
-            f"CASHOUT_ATTEMPT_LEASE: must be longer than a gateway call can take "
-            f"({call_time:.0f}s) plus a second, or reconciliation could race a live call"
-        )
-    if s.ebs_connect_timeout <= 0 or s.ebs_request_timeout <= 0:
-        p.append("CASHOUT_EBS_*_TIMEOUT: must be positive")
-    if s.production:
-        p.extend(_production_problems(s, url.scheme, url.hostname or ""))
-    return p
-
-
-def _production_problems(s: Settings, scheme: str, host: str) -> list[str]:
+def _production_problems(s: Settings, gateway: type[Gateway]) -> list[str]:
     """Production refuses anything that is only safe on a developer's laptop."""
     p: list[str] = []
+    url = urlsplit(s.public_url)
     if not s.keys:
         p.append("CASHOUT_KEYS: required in production (no generated key file)")
-    if scheme != "https":
+    if url.scheme != "https":
         p.append("CASHOUT_PUBLIC_URL: must be https in production")
-    elif _is_private_host(host):
+    elif _is_private_host(url.hostname or ""):
         p.append("CASHOUT_PUBLIC_URL: must be a public host in production")
     if not s.mongodb_uri:
         p.append("CASHOUT_MONGODB_URI: required in production (no embedded database)")
-    if s.gateway == "mock":
-        p.append("CASHOUT_GATEWAY: the mock gateway moves no real money; not in production")
-    if s.gateway == "ebs":
-        if s.ebs_url and not s.ebs_url.startswith("https://"):
-            p.append("CASHOUT_EBS_URL: must be https in production")
-        if not s.ebs_ca_file:
-            p.append("CASHOUT_EBS_CA_FILE: required in production to verify EBS's TLS")
-    if s.mock_latency_ms:
-        p.append("CASHOUT_MOCK_LATENCY_MS: only for the sandbox")
+    if gateway.sandbox_only:
+        p.append(
+            f"CASHOUT_GATEWAY: the {gateway.name} gateway moves no real money; not in production"
+        )
     return p

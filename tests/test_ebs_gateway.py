@@ -12,14 +12,15 @@ import subprocess
 import time
 import uuid
 from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
 
-from gateways.base import Card, GatewayConfig, Outcome, TransferRequest, TransferResult
-from gateways.ebs import EbsGateway
+from gateways.base import Card, GatewayHost, Outcome, TransferRequest, TransferResult
+from gateways.ebs import EbsGateway, EbsOptions
 from gateways.switch import FUNDED_BALANCE
 from server.http_client import TornadoHttpClient
 from simulator.ebs import REQUIRED
@@ -69,21 +70,35 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
     assert not leaked, f"card numbers in the simulator log (last 4: {leaked})"
 
 
-def config(sim: Simulator, **overrides: Any) -> GatewayConfig:
+@dataclass(frozen=True)
+class Config:
+    """The gateway's own options and what the host gives it, as the server builds them."""
+
+    options: EbsOptions
+    host: GatewayHost
+
+
+def config(
+    sim: Simulator, environment: str = "sandbox", http: Any = "new", **overrides: Any
+) -> Config:
     values: dict[str, Any] = {
-        "ebs_url": sim.url,
-        "ebs_application_id": "ACTSCon",
-        "ebs_connect_timeout": 2.0,
-        "ebs_request_timeout": REQUEST_TIMEOUT,
-        "http": TornadoHttpClient(),
+        "url": sim.url,
+        "application_id": "ACTSCon",
+        "connect_timeout": 2.0,
+        "request_timeout": REQUEST_TIMEOUT,
     }
     values.update(overrides)
-    return GatewayConfig(**values)
+    client = TornadoHttpClient() if http == "new" else http
+    return Config(EbsOptions(**values), GatewayHost(environment, http=client))
 
 
-async def with_gateway(cfg: GatewayConfig, *steps: Any) -> list[Any]:
+def make(cfg: Config) -> EbsGateway:
+    return EbsGateway.create(cfg.options, cfg.host)
+
+
+async def with_gateway(cfg: Config, *steps: Any) -> list[Any]:
     """Run ``steps`` (functions of the gateway returning awaitables) on one gateway, in order."""
-    gw = EbsGateway(cfg)
+    gw = make(cfg)
     try:
         return [await step(gw) for step in steps]
     finally:
@@ -245,8 +260,8 @@ def test_unreachable_switch_is_unknown(sim: Simulator) -> None:
         port = s.getsockname()[1]
     cfg = config(
         sim,
-        ebs_url=f"http://127.0.0.1:{port}/consumer/",
-        ebs_public_key=sim.get("/_sim/public-key")["pubKeyValue"],
+        url=f"http://127.0.0.1:{port}/consumer/",
+        public_key=sim.get("/_sim/public-key")["pubKeyValue"],
     )
     payer = card()
     req = transfer_req(payer, to_card("4321"))
@@ -264,7 +279,7 @@ def test_unreachable_switch_is_unknown(sim: Simulator) -> None:
     assert verify.ok is False and verify.code is None and "could not verify" in verify.message
     assert alive is False
     # Without a configured key nothing can even be encrypted: still unknown, never a decline.
-    [no_key] = run(with_gateway(config(sim, ebs_url=cfg.ebs_url), lambda g: g.transfer(req)))
+    [no_key] = run(with_gateway(config(sim, url=cfg.options.url), lambda g: g.transfer(req)))
     assert no_key.outcome is Outcome.UNKNOWN and "public key unavailable" in no_key.message
 
 
@@ -296,7 +311,7 @@ def test_unknown_application_id_is_601(sim: Simulator) -> None:
     req = transfer_req(payer, to_card("4321"))
     result, verify, alive = run(
         with_gateway(
-            config(sim, ebs_application_id="NOT-US"),
+            config(sim, application_id="NOT-US"),
             lambda g: g.transfer(req),
             lambda g: g.verify_card(payer),
             lambda g: g.is_alive(),
@@ -311,8 +326,8 @@ def test_tran_date_time_in_the_wrong_zone_is_rejected(sim: Simulator) -> None:
     payer = card()
     cfg = config(
         sim,
-        ebs_timezone="Pacific/Kiritimati",
-        ebs_public_key=sim.get("/_sim/public-key")["pubKeyValue"],
+        timezone="Pacific/Kiritimati",
+        public_key=sim.get("/_sim/public-key")["pubKeyValue"],
     )
     req = transfer_req(payer, to_card("4321"))
     [result] = run(with_gateway(cfg, lambda g: g.transfer(req)))
@@ -336,7 +351,7 @@ def test_configured_key_is_used_without_fetching(sim: Simulator) -> None:
     payer = card()
     req = transfer_req(payer, to_card("4321"))
     before = sum(r["endpoint"] == "getPublicKey" for r in sim.requests())
-    [result] = run(with_gateway(config(sim, ebs_public_key=key), lambda g: g.transfer(req)))
+    [result] = run(with_gateway(config(sim, public_key=key), lambda g: g.transfer(req)))
     assert result.outcome is Outcome.APPROVED
     assert sum(r["endpoint"] == "getPublicKey" for r in sim.requests()) == before
 
@@ -350,8 +365,8 @@ def test_key_change_refetches_once_and_resends(sim: Simulator) -> None:
     stale = transfer_req(payer, to_card("4321"))
 
     async def scenario() -> list[Any]:
-        gw = EbsGateway(config(sim))
-        stale_gw = EbsGateway(config(sim, ebs_public_key=old_key))
+        gw = make(config(sim))
+        stale_gw = make(config(sim, public_key=old_key))
         try:
             a = await gw.transfer(first)
             rotated = await asyncio.to_thread(sim.post, "/_sim/rotate-key", bits="512")
@@ -377,16 +392,19 @@ def test_key_change_refetches_once_and_resends(sim: Simulator) -> None:
 
 def test_production_refuses_plain_http(sim: Simulator) -> None:
     with pytest.raises(ValueError, match="http"):
-        EbsGateway(config(sim, environment="production"))
-    EbsGateway(config(sim, environment="production", ebs_url="https://ebs.example/consumer/"))
+        make(config(sim, environment="production"))
+    https = "https://ebs.example/consumer/"
+    with pytest.raises(ValueError, match="ca_file"):
+        make(config(sim, environment="production", url=https))
+    make(config(sim, environment="production", url=https, ca_file=__file__))  # a readable file
     with pytest.raises(ValueError):
-        EbsGateway(config(sim, ebs_url=None))
+        make(config(sim, url=None))
     with pytest.raises(ValueError):
-        EbsGateway(config(sim, ebs_application_id=None))
+        make(config(sim, application_id=None))
     with pytest.raises(ValueError):
-        EbsGateway(config(sim, ebs_public_key="not a key"))
+        make(config(sim, public_key="not a key"))
     with pytest.raises(ValueError, match="HTTP client"):
-        EbsGateway(config(sim, http=None))
+        make(config(sim, http=None))
 
 
 def test_restart_keeps_key_and_ledger(tmp_path: Path) -> None:
@@ -482,7 +500,7 @@ def test_tls_is_verified_against_the_configured_ca(tmp_path: Path) -> None:
         assert tls.url.startswith("https://127.0.0.1:")
         payer = card()
         req = transfer_req(payer, to_card("4321"))
-        trusted = config(tls, ebs_ca_file=str(ca_pem), environment="production")
+        trusted = config(tls, ca_file=str(ca_pem), environment="production")
         alive, result = run(
             with_gateway(trusted, lambda g: g.is_alive(), lambda g: g.transfer(req))
         )

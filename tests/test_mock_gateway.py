@@ -19,7 +19,7 @@ import pytest
 
 from gateways.base import (
     Card,
-    GatewayConfig,
+    GatewayHost,
     Outcome,
     TransferRequest,
     TransferResult,
@@ -145,7 +145,7 @@ def test_verify_card_and_ipin(tmp_path: Path) -> None:
     card = payer()
 
     async def scenario() -> list[Any]:
-        gw = create_gateway("mock", GatewayConfig(data_dir=str(tmp_path)))
+        gw = create_gateway("mock", None, GatewayHost(data_dir=str(tmp_path)))
         assert isinstance(gw, MockGateway)
         try:
             return [
