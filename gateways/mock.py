@@ -1,8 +1,8 @@
-"""The ``mock`` sandbox gateway: the simulated switch of ``switch.py``, in process.
+"""The ``mock`` sandbox gateway: the simulated bank of ``simulator/bank.py``, in process.
 
 The ledger lives in ``<data_dir>/mock-switch.sqlite3`` so it survives restarts and ``kill -9``
 and is shared by every server process using the same data directory; tests read it through
-``gateways.switch.Switch`` to check that money moved once.
+``tests/ledger.py`` to check that money moved once.
 
 ``mock_latency_ms`` is split around the ledger write (half before, half after) so a crash
 during a transfer sometimes lands before and sometimes after the money moved, which is what
@@ -30,7 +30,7 @@ from gateways.base import (
     VerifyResult,
     mask_pan,
 )
-from gateways.switch import DUPLICATE_TRANSACTION, Switch, TransferRecord, reference_for
+from simulator.bank import DUPLICATE_TRANSACTION, Bank, TransferRecord, reference_for
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +45,17 @@ class MockGateway(Gateway):
     def __init__(self, data_dir: str | Path = "./var", latency_ms: int = 0) -> None:
         self.ledger_path = Path(data_dir) / LEDGER_FILE
         self.latency_ms = max(0, int(latency_ms))
-        self._switch: Switch | None = None
+        self._switch: Bank | None = None
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> MockGateway:
         return cls(config.data_dir, config.mock_latency_ms)
 
     @property
-    def switch(self) -> Switch:
+    def switch(self) -> Bank:
         """Opened lazily so constructing the gateway never touches the disk."""
         if self._switch is None:
-            self._switch = Switch(self.ledger_path)
+            self._switch = Bank(self.ledger_path)
         return self._switch
 
     async def transfer(self, request: TransferRequest) -> TransferResult:

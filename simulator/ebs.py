@@ -13,7 +13,7 @@ stdout, ``simulator listening on http://HOST:PORT/consumer/`` (``https://`` with
 the gateway's base URL), and it stops cleanly (exit 0) on SIGINT or SIGTERM. Logs go to
 stderr; card numbers appear only masked.
 
-Files in ``--data-dir``: ``simulator-switch.sqlite3`` (the ledger, see ``gateways.switch``)
+Files in ``--data-dir``: ``simulator-switch.sqlite3`` (the ledger, see ``simulator.bank``)
 and ``simulator-key.pem`` (its RSA private key, generated on first start with ``--key-bits``;
 sizes below 1024 bits, like EBS's 512-bit QA key, are supported).
 
@@ -87,11 +87,11 @@ from Crypto.PublicKey import RSA
 from Crypto.Util import number
 
 from gateways.ebs import STATUS_NOT_FOUND_CODE, UUID4_RE
-from gateways.switch import (
+from simulator.bank import (
     DUPLICATE_TRANSACTION,
     INVALID_AMOUNT,
     MESSAGES,
-    Switch,
+    Bank,
     TransferRecord,
     approval_code_for,
     iter_masked,
@@ -175,7 +175,7 @@ def public_key_value(key: RSA.RsaKey) -> str:
 class SimState:
     """Everything the handlers share; one per server."""
 
-    switch: Switch
+    switch: Bank
     key: RSA.RsaKey
     key_path: Path
     application_ids: frozenset[str]
@@ -701,7 +701,7 @@ async def serve(args: argparse.Namespace) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     key_path = data_dir / KEY_FILE
     state = SimState(
-        switch=Switch(data_dir / LEDGER_FILE),
+        switch=Bank(data_dir / LEDGER_FILE),
         key=load_or_create_key(key_path, args.key_bits),
         key_path=key_path,
         application_ids=frozenset(args.application_ids or ["ACTSCon"]),
