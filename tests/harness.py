@@ -20,7 +20,7 @@ from typing import IO, Any
 import httpx
 
 from gateways.mock import LEDGER_FILE as MOCK_LEDGER
-from simulator.ebs import LEDGER_FILE
+from simulator.ebs.state import LEDGER_FILE
 from tests.ledger import Ledger
 
 ROOT = Path(__file__).resolve().parent.parent

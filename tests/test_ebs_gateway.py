@@ -22,7 +22,7 @@ from gateways.base import Card, GatewayConfig, Outcome, TransferRequest, Transfe
 from gateways.ebs import EbsGateway
 from server.http_client import TornadoHttpClient
 from simulator.bank import FUNDED_BALANCE
-from simulator.ebs import REQUIRED
+from simulator.ebs.protocol import REQUIRED
 from tests.cards import luhn_card
 from tests.harness import Simulator
 
