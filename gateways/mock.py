@@ -1,8 +1,8 @@
-"""The ``mock`` sandbox gateway: the simulated switch of ``switch.py``, in process.
+"""The ``mock`` sandbox gateway: the simulated bank of ``simulator/bank.py``, in process.
 
 The ledger lives in ``<data_dir>/mock-switch.sqlite3`` so it survives restarts and ``kill -9``
 and is shared by every server process using the same data directory; tests read it through
-``gateways.switch.Switch`` to check that money moved once.
+``tests/ledger.py`` to check that money moved once.
 
 ``mock_latency_ms`` is split around the ledger write (half before, half after) so a crash
 during a transfer sometimes lands before and sometimes after the money moved, which is what
@@ -32,7 +32,7 @@ from gateways.base import (
     VerifyResult,
     mask_pan,
 )
-from gateways.switch import DUPLICATE_TRANSACTION, Switch, TransferRecord, reference_for
+from simulator.bank import DUPLICATE_TRANSACTION, Bank, TransferRecord, reference_for
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class MockGateway(Gateway):
     def __init__(self, data_dir: str | Path = "./var", latency_ms: int = 0) -> None:
         self.ledger_path = Path(data_dir) / LEDGER_FILE
         self.latency_ms = max(0, int(latency_ms))
-        self._switch: Switch | None = None
+        self._bank: Bank | None = None
 
     @classmethod
     def create(cls, options: MockOptions, host: GatewayHost) -> MockGateway:
@@ -70,18 +70,18 @@ class MockGateway(Gateway):
         return options.latency_ms / 1000
 
     @property
-    def switch(self) -> Switch:
+    def bank(self) -> Bank:
         """Opened lazily so constructing the gateway never touches the disk."""
-        if self._switch is None:
-            self._switch = Switch(self.ledger_path)
-        return self._switch
+        if self._bank is None:
+            self._bank = Bank(self.ledger_path)
+        return self._bank
 
     async def transfer(self, request: TransferRequest) -> TransferResult:
         half = self.latency_ms / 2000
         if half:
             await asyncio.sleep(half)
         card = request.from_card
-        reply = self.switch.transfer(
+        reply = self.bank.transfer(
             request.tran_uuid, card.pan, card.exp_date, card.ipin, request.to_pan, request.amount
         )
         if half:
@@ -120,7 +120,7 @@ class MockGateway(Gateway):
         )
 
     async def status(self, tran_uuid: str) -> TransferResult:
-        record = self.switch.status(tran_uuid)
+        record = self.bank.status(tran_uuid)
         if record is None:
             return TransferResult(
                 Outcome.NOT_FOUND,
@@ -132,16 +132,16 @@ class MockGateway(Gateway):
         return _from_record(record)
 
     async def verify_card(self, card: Card) -> VerifyResult:
-        check = self.switch.verify_card(card.pan, card.exp_date, card.ipin)
+        check = self.bank.verify_card(card.pan, card.exp_date, card.ipin)
         return VerifyResult(check.ok, check.code, check.message)
 
     async def is_alive(self) -> bool:
         return True
 
     async def close(self) -> None:
-        if self._switch is not None:
-            self._switch.close()
-            self._switch = None
+        if self._bank is not None:
+            self._bank.close()
+            self._bank = None
 
 
 def _from_record(record: TransferRecord) -> TransferResult:

@@ -1,1 +1,2 @@
-"""Stand-ins for outside systems, run as their own processes (not part of the service)."""
+"""Stand-ins for outside systems, not part of the service: the simulated bank (``bank``), which
+the mock gateway loads in process, and the EBS simulator (``ebs``), run as its own process."""

@@ -20,8 +20,8 @@ from typing import IO, Any
 import httpx
 
 from gateways.mock import LEDGER_FILE as MOCK_LEDGER
-from gateways.switch import Switch
-from simulator.ebs import LEDGER_FILE
+from simulator.ebs.state import LEDGER_FILE
+from tests.ledger import Ledger
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -255,8 +255,8 @@ class Simulator:
     def requests_for(self, request_uuid: str) -> list[dict[str, Any]]:
         return [r for r in self.requests() if r.get("uuid") == request_uuid]
 
-    def ledger(self) -> Switch:
-        return Switch(self.data_dir / LEDGER_FILE)
+    def ledger(self) -> Ledger:
+        return Ledger(self.data_dir / LEDGER_FILE)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None
@@ -388,5 +388,5 @@ class Provider:
         return cls(server, client, name, pan, auth(creds["api_key"]), creds["webhook_secret"])
 
     @property
-    def ledger(self) -> Switch:
-        return Switch(Path(self.server.env["CASHOUT_DATA_DIR"]) / MOCK_LEDGER)
+    def ledger(self) -> Ledger:
+        return Ledger(Path(self.server.env["CASHOUT_DATA_DIR"]) / MOCK_LEDGER)

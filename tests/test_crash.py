@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from gateways.mock import LEDGER_FILE
-from gateways.switch import Switch
 from tests.cards import luhn_card
 from tests.conftest import random_pan, unique_name
 from tests.harness import (
@@ -19,6 +18,7 @@ from tests.harness import (
     wait_for_status,
     wait_until,
 )
+from tests.ledger import Ledger
 
 LATENCY = {"CASHOUT_MOCK_LATENCY_MS": "1500", **FAST_RECONCILE}
 
@@ -35,7 +35,7 @@ def test_kill_during_transfers_pays_each_claim_exactly_once(
     client = server.client()
     name, payer = unique_name(), random_pan()
     headers = auth(register(client, provider_body(name, payer))["api_key"])
-    ledger = Switch(tmp_path / LEDGER_FILE)
+    ledger = Ledger(tmp_path / LEDGER_FILE)
     start_balance = ledger.balance(payer)
 
     def make(cards: list[str]) -> dict[str, tuple[str, int]]:

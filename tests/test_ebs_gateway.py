@@ -21,9 +21,9 @@ import pytest
 
 from gateways.base import Card, GatewayHost, Outcome, TransferRequest, TransferResult
 from gateways.ebs import EbsGateway, EbsOptions
-from gateways.switch import FUNDED_BALANCE
 from server.http_client import TornadoHttpClient
-from simulator.ebs import REQUIRED
+from simulator.bank import FUNDED_BALANCE
+from simulator.ebs.protocol import REQUIRED
 from tests.cards import luhn_card
 from tests.harness import Simulator
 
@@ -138,10 +138,10 @@ def test_approved_transfer_moves_money(sim: Simulator, caplog: pytest.LogCapture
     assert_safe(result, payer.pan, to_pan, ipin=payer.ipin)
     assert_safe(status, payer.pan, to_pan)
     assert result.raw["toCard"] == "****4321"
-    with sim.ledger() as sw:
-        assert sw.balance(to_pan) == 250
-        assert sw.balance(payer.pan) == FUNDED_BALANCE - 250
-        assert sw.applied_count(req.tran_uuid) == 1
+    with sim.ledger() as ledger:
+        assert ledger.balance(to_pan) == 250
+        assert ledger.balance(payer.pan) == FUNDED_BALANCE - 250
+        assert ledger.applied_count(req.tran_uuid) == 1
     assert payer.pan not in caplog.text and to_pan not in caplog.text
     # The transfer went out under the engine's UUID, with exactly EBS's field names.
     [sent] = [r for r in sim.requests_for(req.tran_uuid) if r["endpoint"] == "doCardTransfer"]
@@ -167,9 +167,9 @@ def test_declines(sim: Simulator, last4: str, code: int, fixable: bool) -> None:
     )
     assert result.message
     assert (status.outcome, status.code) == (Outcome.DECLINED, code)
-    with sim.ledger() as sw:
-        assert sw.balance(to_pan) is None
-        assert sw.applied_count(req.tran_uuid) == 0
+    with sim.ledger() as ledger:
+        assert ledger.balance(to_pan) is None
+        assert ledger.applied_count(req.tran_uuid) == 0
 
 
 def test_wrong_ipin_on_a_known_card_is_53(sim: Simulator) -> None:
@@ -219,9 +219,9 @@ def test_timeout_after_apply_settles_approved(sim: Simulator) -> None:
     assert "Timeout" in result.message
     assert REQUEST_TIMEOUT * 0.9 <= elapsed < SLOW_SECONDS
     assert (status.outcome, status.code) == (Outcome.APPROVED, 0)
-    with sim.ledger() as sw:
-        assert sw.balance(to_pan) == 91
-        assert sw.applied_count(req.tran_uuid) == 1
+    with sim.ledger() as ledger:
+        assert ledger.balance(to_pan) == 91
+        assert ledger.applied_count(req.tran_uuid) == 1
 
 
 def test_timeout_without_apply_settles_not_found(sim: Simulator) -> None:
@@ -232,9 +232,9 @@ def test_timeout_without_apply_settles_not_found(sim: Simulator) -> None:
     )
     assert (result.outcome, result.code) == (Outcome.UNKNOWN, None)
     assert (status.outcome, status.code) == (Outcome.NOT_FOUND, None)
-    with sim.ledger() as sw:
-        assert sw.balance(to_pan) is None
-        assert sw.status(req.tran_uuid) is None
+    with sim.ledger() as ledger:
+        assert ledger.balance(to_pan) is None
+        assert ledger.status(req.tran_uuid) is None
 
 
 @pytest.mark.parametrize(
@@ -250,8 +250,8 @@ def test_unclear_replies_are_unknown(sim: Simulator, last4: str, problem: str) -
     assert (result.outcome, result.code) == (Outcome.UNKNOWN, None)
     assert problem in result.message
     assert status.outcome is Outcome.NOT_FOUND
-    with sim.ledger() as sw:
-        assert sw.balance(to_pan) is None
+    with sim.ledger() as ledger:
+        assert ledger.balance(to_pan) is None
 
 
 def test_unreachable_switch_is_unknown(sim: Simulator) -> None:
@@ -298,9 +298,9 @@ def test_reused_uuid_is_613_and_left_to_status(sim: Simulator) -> None:
     assert (second.outcome, second.code) == (Outcome.UNKNOWN, 613)
     assert "DUPLICATE_TRANSACTION" in second.message
     assert status.outcome is Outcome.APPROVED
-    with sim.ledger() as sw:
-        assert sw.balance(to_pan) == 61
-        assert sw.applied_count(req.tran_uuid) == 1
+    with sim.ledger() as ledger:
+        assert ledger.balance(to_pan) == 61
+        assert ledger.applied_count(req.tran_uuid) == 1
 
 
 # -- protocol details ------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from simulator.ebs import REQUIRED
+from simulator.ebs.protocol import REQUIRED
 from tests.cards import luhn_card
 from tests.conftest import random_pan, unique_name
 from tests.harness import (

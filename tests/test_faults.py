@@ -23,7 +23,6 @@ import pymongo
 import pytest
 
 from gateways.mock import LEDGER_FILE as MOCK_LEDGER
-from gateways.switch import Switch
 from tests.cards import luhn_card
 from tests.conftest import random_pan, unique_name
 from tests.harness import (
@@ -37,6 +36,7 @@ from tests.harness import (
     remember,
     wait_until,
 )
+from tests.ledger import Ledger
 from tests.receiver import Receiver
 from tests.test_webhooks import FAST_WEBHOOKS
 
@@ -99,7 +99,7 @@ def test_database_outage_answers_503_then_recovers_without_a_restart(
     path = "/hook/outage"
     provider = Provider.register(server, endpoint=receiver.url(path))
     receiver.behave(path, secrets=[provider.webhook_secret])
-    ledger = Switch(Path(server.env["CASHOUT_DATA_DIR"]) / MOCK_LEDGER)
+    ledger = Ledger(Path(server.env["CASHOUT_DATA_DIR"]) / MOCK_LEDGER)
     start_balance = ledger.balance(provider.pan)
     pending = [provider.generate(20 + i, ref=f"pending-{i}") for i in range(3)]
     flying = provider.generate(50, ref="in-flight")
@@ -481,7 +481,7 @@ def test_kill_9_during_200_claims_pays_each_once_and_sends_each_event_once(
     path = "/hook/kill9"
     provider = Provider.register(server, endpoint=receiver.url(path))
     receiver.behave(path, secrets=[provider.webhook_secret])
-    ledger = Switch(tmp_path / MOCK_LEDGER)
+    ledger = Ledger(tmp_path / MOCK_LEDGER)
     start_balance = ledger.balance(provider.pan)
 
     count = 200

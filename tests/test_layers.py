@@ -6,12 +6,15 @@
 - only ``server/store/`` imports the MongoDB driver;
 - handlers import nothing from the database layer and never reach the store object;
 - the web application (``server/app.py``) is the only module that imports handlers, so the
-  services, the engine and the admin tasks load no handler at all.
+  services, the engine and the admin tasks load no handler at all;
+- the sandboxes stay apart from what they stand in for: the EBS simulator keeps its own
+  reading of the protocol, and the sandbox bank is plain standard library.
 """
 
 from __future__ import annotations
 
 import ast
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,14 +71,25 @@ def roots(names: set[str]) -> set[str]:
     return {n.split(".")[0] for n in names}
 
 
-def test_gateways_import_no_web_framework_database_or_server() -> None:
-    bad = {
-        str(p.relative_to(ROOT)): sorted(
-            roots(imports(p)) & {"tornado", "server", "handlers", *DRIVERS}
+def within(name: str, module: str) -> bool:
+    return name == module or name.startswith(module + ".")
+
+
+def test_gateways_import_no_web_framework_database_server_or_simulator() -> None:
+    """The mock gateway is the one exception: it runs on the sandbox bank, and only on it."""
+    forbidden = {"tornado", "server", "handlers", "simulator", *DRIVERS}
+    allowed = {"mock.py": "simulator.bank"}
+    bad = {}
+    for p in sources("gateways"):
+        exception = allowed.get(p.name)
+        hits = sorted(
+            name
+            for name in imports(p)
+            if name.split(".")[0] in forbidden and not (exception and within(name, exception))
         )
-        for p in sources("gateways")
-    }
-    assert not {k: v for k, v in bad.items() if v}
+        if hits:
+            bad[str(p.relative_to(ROOT))] = hits
+    assert not bad
 
 
 def test_only_the_store_package_talks_to_mongodb() -> None:
@@ -101,3 +115,32 @@ def test_only_the_web_application_imports_handlers() -> None:
     assert importers - {m for m in edges if m.startswith("handlers")} == {"server.app"}
     for module in ("server.services", "server.admin", "server.payouts", "server.webhooks"):
         assert not {m for m in reachable(module, edges) if m.startswith("handlers")}, module
+
+
+def test_the_simulator_does_not_import_the_ebs_gateway() -> None:
+    """The simulator checks the client's reading of EBS; sharing its constants would hide a
+    misreading from every test."""
+    users = sorted(
+        str(p.relative_to(ROOT))
+        for p in sources("simulator")
+        if any(within(name, "gateways.ebs") for name in imports(p))
+    )
+    assert users == []
+
+
+def test_the_bank_and_the_protocol_are_plain_python() -> None:
+    """No web framework and no database driver but ``sqlite3``: the mock gateway can load the
+    bank in any process, and tests can read the protocol without starting anything."""
+    for path, allowed in (
+        (ROOT / "simulator" / "bank.py", ("gateways.base",)),
+        (ROOT / "simulator" / "ebs" / "protocol.py", ()),
+    ):
+        names = imports(path)
+        assert not roots(names) & {"tornado", *DRIVERS}
+        others = sorted(
+            name
+            for name in names
+            if name.split(".")[0] not in sys.stdlib_module_names
+            and not any(within(name, module) for module in allowed)
+        )
+        assert others == [], path.relative_to(ROOT)

@@ -26,8 +26,9 @@ from gateways.base import (
     create_gateway,
 )
 from gateways.mock import LEDGER_FILE, MockGateway
-from gateways.switch import FUNDED_BALANCE, Switch
+from simulator.bank import FUNDED_BALANCE
 from tests.cards import luhn_card
+from tests.ledger import Ledger
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -74,11 +75,11 @@ def test_magic_table_answers(
     assert (result.outcome, result.code, result.customer_fixable) == (outcome, code, fixable)
     assert result.tran_uuid == req.tran_uuid
     assert (status.outcome, status.code) == (outcome, code), "status agrees with the answer"
-    with Switch(tmp_path / LEDGER_FILE) as sw:
-        assert sw.balance(to_pan) == (150 if moved else None)
-        assert sw.balance(card.pan) == FUNDED_BALANCE - (150 if moved else 0)
-        assert sw.applied_count(req.tran_uuid) == int(moved)
-        assert sw.money_is_conserved()
+    with Ledger(tmp_path / LEDGER_FILE) as ledger:
+        assert ledger.balance(to_pan) == (150 if moved else None)
+        assert ledger.balance(card.pan) == FUNDED_BALANCE - (150 if moved else 0)
+        assert ledger.applied_count(req.tran_uuid) == int(moved)
+        assert ledger.money_is_conserved()
     if moved:
         assert result.reference and result.reference == status.reference
     for res in (result, status):
@@ -92,10 +93,10 @@ def test_0091_is_unknown_then_status_approved(tmp_path: Path) -> None:
     result, status = run(transfer_and_status(tmp_path, req, latency_ms=20))
     assert (result.outcome, result.code) == (Outcome.UNKNOWN, None)
     assert (status.outcome, status.code) == (Outcome.APPROVED, 0)
-    with Switch(tmp_path / LEDGER_FILE) as sw:
-        assert sw.balance(to_pan) == 80
-        assert sw.applied_count(req.tran_uuid) == 1
-        assert sw.money_is_conserved()
+    with Ledger(tmp_path / LEDGER_FILE) as ledger:
+        assert ledger.balance(to_pan) == 80
+        assert ledger.applied_count(req.tran_uuid) == 1
+        assert ledger.money_is_conserved()
 
 
 def test_0092_is_unknown_then_status_not_found(tmp_path: Path) -> None:
@@ -104,10 +105,10 @@ def test_0092_is_unknown_then_status_not_found(tmp_path: Path) -> None:
     result, status = run(transfer_and_status(tmp_path, req, latency_ms=20))
     assert (result.outcome, result.code) == (Outcome.UNKNOWN, None)
     assert (status.outcome, status.code) == (Outcome.NOT_FOUND, None)
-    with Switch(tmp_path / LEDGER_FILE) as sw:
-        assert sw.balance(to_pan) is None
-        assert sw.balance(card.pan) == FUNDED_BALANCE
-        assert sw.status(req.tran_uuid) is None
+    with Ledger(tmp_path / LEDGER_FILE) as ledger:
+        assert ledger.balance(to_pan) is None
+        assert ledger.balance(card.pan) == FUNDED_BALANCE
+        assert ledger.status(req.tran_uuid) is None
 
 
 def test_reused_uuid_is_unknown_613_and_moves_nothing_more(tmp_path: Path) -> None:
@@ -125,9 +126,9 @@ def test_reused_uuid_is_unknown_613_and_moves_nothing_more(tmp_path: Path) -> No
     assert first.outcome is Outcome.APPROVED
     assert (second.outcome, second.code) == (Outcome.UNKNOWN, 613)
     assert status.outcome is Outcome.APPROVED
-    with Switch(tmp_path / LEDGER_FILE) as sw:
-        assert sw.balance(to_pan) == 60
-        assert sw.applied_count(req.tran_uuid) == 1
+    with Ledger(tmp_path / LEDGER_FILE) as ledger:
+        assert ledger.balance(to_pan) == 60
+        assert ledger.applied_count(req.tran_uuid) == 1
 
 
 def test_unknown_uuid_status_is_not_found(tmp_path: Path) -> None:
@@ -177,7 +178,7 @@ def test_latency_is_split_around_the_ledger_write(tmp_path: Path) -> None:
 
     async def scenario() -> tuple[bool, float]:
         gw = MockGateway(tmp_path, latency_ms=600)
-        watcher = Switch(tmp_path / LEDGER_FILE)
+        watcher = Ledger(tmp_path / LEDGER_FILE)
         try:
             started = time.monotonic()
             task = asyncio.create_task(gw.transfer(req))
@@ -228,13 +229,13 @@ def test_kill_9_mid_transfer_is_settled_by_status(tmp_path: Path, kill_after_app
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "started"
-    sw = Switch(tmp_path / LEDGER_FILE)
+    ledger = Ledger(tmp_path / LEDGER_FILE)
     try:
         if kill_after_apply:
             deadline = time.monotonic() + 10
-            while sw.status(tran_uuid) is None and time.monotonic() < deadline:
+            while ledger.status(tran_uuid) is None and time.monotonic() < deadline:
                 time.sleep(0.02)  # polling the ledger, not waiting blind
-            assert sw.status(tran_uuid) is not None
+            assert ledger.status(tran_uuid) is not None
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         assert proc.stdout.read() == "", "killed before it could answer"
@@ -249,12 +250,12 @@ def test_kill_9_mid_transfer_is_settled_by_status(tmp_path: Path, kill_after_app
         status = run(settle())
         if kill_after_apply:
             assert status.outcome is Outcome.APPROVED
-            assert sw.balance(to_pan) == 55
+            assert ledger.balance(to_pan) == 55
         else:
             assert status.outcome is Outcome.NOT_FOUND
-            assert sw.balance(to_pan) is None
-        assert sw.money_is_conserved()
+            assert ledger.balance(to_pan) is None
+        assert ledger.money_is_conserved()
     finally:
-        sw.close()
+        ledger.close()
         if proc.poll() is None:
             proc.kill()

@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from gateways.switch import Switch
 from tests.cards import luhn_card
 from tests.conftest import random_pan, unique_name
 from tests.harness import FAST_RECONCILE, Provider, ServerProcess, provider_body, remember
+from tests.ledger import Ledger
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def provider(paying_server: ServerProcess) -> Provider:
     return Provider.register(paying_server)
 
 
-def moved_to(ledger: Switch, pan: str) -> int:
+def moved_to(ledger: Ledger, pan: str) -> int:
     return ledger.applied_total_to(pan)
 
 

@@ -1,8 +1,12 @@
-"""A simulated card switch with a persistent SQLite ledger.
+"""A simulated bank: card accounts in a persistent SQLite ledger, with magic cards.
 
-Both the in-process ``mock`` gateway and the EBS-protocol simulator sit on this module, so the
-two sandboxes follow the same rules and tests can check that money is conserved and moved at
-most once. The ledger is one SQLite file in WAL mode: every transfer is one ``BEGIN IMMEDIATE``
+It is a sandbox, not a gateway: the in-process ``mock`` gateway and the EBS simulator both sit
+on it, so the two sandboxes follow the same rules, and tests read the same file
+(``tests/ledger.py``) to check that money is conserved and moved at most once. It imports the
+standard library (the ledger is ``sqlite3``) and ``gateways.base`` only: no web framework, no
+MongoDB driver, so any process can open it.
+
+The ledger is one SQLite file in WAL mode: every transfer is one ``BEGIN IMMEDIATE``
 transaction (debit, credit and the ``transfers`` row together), so a ``kill -9`` of the process
 leaves either all of it or none of it, and several processes can share the file.
 
@@ -27,6 +31,9 @@ Rules (DESIGN.md section 8):
 
 Money is created only when a paying account is opened; ``opened_with`` keeps that amount per
 account so ``money_is_conserved`` can compare it with the sum of balances.
+
+Only what the gateways and the simulator's inspection routes use lives here; the read helpers
+only tests need are in ``tests/ledger.py``.
 
 Card numbers are never logged (only their last four digits). IPINs are stored as SHA-256
 digests bound to the card number, not in clear (a sandbox ledger, not a vault).
@@ -53,7 +60,7 @@ log = logging.getLogger(__name__)
 
 FUNDED_BALANCE = 1_000_000_000
 
-# Response codes and messages the switch uses.
+# Response codes and messages the bank uses.
 APPROVED = 0
 INVALID_AMOUNT = 13
 INSUFFICIENT_FUNDS = 51
@@ -113,6 +120,7 @@ mask = mask_pan
 
 
 def valid_pan(pan: object) -> bool:
+    """16 or 19 digits with a good check digit, as a real bank would insist."""
     return isinstance(pan, str) and len(pan) in (16, 19) and luhn_ok(pan)
 
 
@@ -123,11 +131,13 @@ def reference_for(tran_uuid: str) -> str:
 
 
 def approval_code_for(tran_uuid: str) -> str:
+    """A stable 6-digit approval code, derived like the reference."""
     digest = hashlib.sha256(b"approval:" + tran_uuid.encode()).digest()
     return f"{int.from_bytes(digest[:4], 'big') % 10**6:06d}"
 
 
-def _ipin_digest(pan: str, ipin: str) -> str:
+def ipin_digest(pan: str, ipin: str) -> str:
+    """How the ledger stores an IPIN: bound to its card, never in clear."""
     return hashlib.sha256(f"{pan}:{ipin}".encode()).hexdigest()
 
 
@@ -143,7 +153,7 @@ def _expiry_problem(exp_date: object, now: datetime) -> bool:
 
 @dataclass(frozen=True)
 class TransferRecord:
-    """One row of ``transfers``: what the switch decided for a transaction UUID."""
+    """One row of ``transfers``: what the bank decided for a transaction UUID."""
 
     tran_uuid: str
     from_pan: str = field(repr=False)
@@ -202,24 +212,10 @@ class CardCheck:
         return self.code == APPROVED
 
 
-@dataclass(frozen=True)
-class Account:
-    """A ledger account; the IPIN digest stays inside the switch."""
-
-    pan: str = field(repr=False)
-    exp_date: str | None
-    balance: int
-    opened_with: int
-    has_ipin: bool
-
-    def __repr__(self) -> str:
-        return f"Account({mask(self.pan)}, balance={self.balance})"
-
-
-class Switch:
+class Bank:
     """The ledger in one SQLite file, safe to share between processes.
 
-    Each process (and each ``Switch``) has its own connection; it is reopened after a fork so
+    Each process (and each ``Bank``) has its own connection; it is reopened after a fork so
     a child never uses its parent's handle. Calls are serialised by a lock so the object may
     be used from several threads.
     """
@@ -257,7 +253,7 @@ class Switch:
                     raise
                 time.sleep(0.01)
         if str(mode).lower() != "wal":
-            log.warning("switch ledger %s is not in WAL mode (%s)", self.path, mode)
+            log.warning("bank ledger %s is not in WAL mode (%s)", self.path, mode)
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("BEGIN IMMEDIATE")
@@ -288,7 +284,7 @@ class Switch:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- the switch ----------------------------------------------------------------------
+    # -- the bank ------------------------------------------------------------------------
 
     def verify_card(self, pan: str, exp_date: str, ipin: str) -> CardCheck:
         """Check a paying card, opening a funded account the first time it is seen."""
@@ -411,7 +407,7 @@ class Switch:
             # First time this card pays: it becomes a funded account with these credentials.
             if _expiry_problem(exp_date, now):
                 return EXPIRED_CARD
-            digest = _ipin_digest(pan, ipin)
+            digest = ipin_digest(pan, ipin)
             if row is None:
                 conn.execute(
                     "INSERT INTO accounts (pan, ipin, exp_date, balance, opened_with)"
@@ -425,14 +421,14 @@ class Switch:
                     (digest, exp_date, FUNDED_BALANCE, FUNDED_BALANCE, pan),
                 )
             return APPROVED
-        if not hmac.compare_digest(row[0], _ipin_digest(pan, ipin)):
+        if not hmac.compare_digest(row[0], ipin_digest(pan, ipin)):
             return WRONG_IPIN
         if exp_date != row[1] or _expiry_problem(exp_date, now):
             return EXPIRED_CARD
         return APPROVED
 
     def status(self, tran_uuid: str) -> TransferRecord | None:
-        """The recorded result of a transaction, or None when the switch never saw it."""
+        """The recorded result of a transaction, or None when the bank never saw it."""
         found = self._records("WHERE tran_uuid = ?", (tran_uuid,))
         return found[0] if found else None
 
@@ -441,57 +437,16 @@ class Switch:
         row = self._one("SELECT ipin FROM accounts WHERE pan = ?", (pan,))
         if row is None or row[0] is None:
             return None
-        return hmac.compare_digest(row[0], _ipin_digest(pan, ipin))
+        return hmac.compare_digest(row[0], ipin_digest(pan, ipin))
 
-    # -- ledger helpers for tests and the simulator's inspection endpoint -----------------
-
-    def open_account(
-        self, pan: str, exp_date: str, ipin: str, balance: int = FUNDED_BALANCE
-    ) -> None:
-        """Open a paying account with a chosen balance (e.g. to test real insufficient funds)."""
-        with self._write() as conn:
-            conn.execute(
-                "INSERT INTO accounts (pan, ipin, exp_date, balance, opened_with)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (pan, _ipin_digest(pan, ipin), exp_date, balance, balance),
-            )
-
-    def account(self, pan: str) -> Account | None:
-        row = self._one(
-            "SELECT pan, exp_date, balance, opened_with, ipin IS NOT NULL"
-            " FROM accounts WHERE pan = ?",
-            (pan,),
-        )
-        if row is None:
-            return None
-        return Account(row[0], row[1], row[2], row[3], bool(row[4]))
+    # -- reads for the EBS simulator's inspection routes (tests/ledger.py adds its own) ----
 
     def balance(self, pan: str) -> int | None:
-        """The card's balance, or None when the switch has no account for it."""
-        acct = self.account(pan)
-        return acct.balance if acct else None
+        """The card's balance, or None when the bank has no account for it."""
+        return self._optional_number("SELECT balance FROM accounts WHERE pan = ?", (pan,))
 
     def transfers_to(self, pan: str) -> list[TransferRecord]:
         return self._records("WHERE to_pan = ?", (pan,))
-
-    def transfers_from(self, pan: str) -> list[TransferRecord]:
-        return self._records("WHERE from_pan = ?", (pan,))
-
-    def all_transfers(self) -> list[TransferRecord]:
-        return self._records("", ())
-
-    def applied_count(self, tran_uuid: str) -> int:
-        """How many times money moved for this UUID: 0 or 1, never more."""
-        return self._number(
-            "SELECT COUNT(*) FROM transfers WHERE tran_uuid = ? AND applied = 1", (tran_uuid,)
-        )
-
-    def applied_total_to(self, pan: str) -> int:
-        """Sum of applied transfers to a card: equals its balance if it never paid."""
-        return self._number(
-            "SELECT COALESCE(SUM(amount), 0) FROM transfers WHERE to_pan = ? AND applied = 1",
-            (pan,),
-        )
 
     def total_money(self) -> int:
         """Sum of all balances."""
@@ -512,13 +467,17 @@ class Switch:
         row = self._one(query, args)
         return int(row[0]) if row else 0
 
+    def _optional_number(self, query: str, args: tuple[Any, ...] = ()) -> int | None:
+        row = self._one(query, args)
+        return int(row[0]) if row else None
+
     def _one(self, query: str, args: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
         with self._lock:
             row: tuple[Any, ...] | None = self._connect().execute(query, args).fetchone()
         return row
 
     def _records(self, where: str, args: tuple[Any, ...]) -> list[TransferRecord]:
-        """Transfers in the order the switch recorded them; ``where`` is one of ours."""
+        """Transfers in the order the bank recorded them; ``where`` is one of ours."""
         query = f"SELECT {TRANSFER_COLUMNS} FROM transfers {where} ORDER BY rowid"  # noqa: S608
         with self._lock:
             rows = self._connect().execute(query, args).fetchall()
@@ -546,17 +505,17 @@ class _WriteTxn:
     """``BEGIN IMMEDIATE`` ... ``COMMIT``: takes the write lock up front so two processes
     never both read a balance and then both debit it."""
 
-    def __init__(self, switch: Switch) -> None:
-        self._switch = switch
+    def __init__(self, bank: Bank) -> None:
+        self._bank = bank
         self._conn: sqlite3.Connection | None = None
 
     def __enter__(self) -> sqlite3.Connection:
-        self._switch._lock.acquire()
+        self._bank._lock.acquire()
         try:
-            conn = self._switch._connect()
+            conn = self._bank._connect()
             conn.execute("BEGIN IMMEDIATE")
         except BaseException:
-            self._switch._lock.release()
+            self._bank._lock.release()
             raise
         self._conn = conn
         return conn
@@ -566,7 +525,7 @@ class _WriteTxn:
         try:
             self._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
         finally:
-            self._switch._lock.release()
+            self._bank._lock.release()
 
 
 def iter_masked(records: list[TransferRecord]) -> Iterator[dict[str, Any]]:
