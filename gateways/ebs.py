@@ -138,7 +138,8 @@ class _Answer:
 
     def raw(self) -> dict[str, Any]:
         if self.body is not None:
-            return sanitize(self.body)
+            safe: dict[str, Any] = sanitize(self.body)
+            return safe
         return {"error": self.problem, "httpStatus": self.http_status}
 
 

@@ -17,14 +17,14 @@ Observer = Callable[[str, str, str, "int | None", float], None]
 class InstrumentedGateway(Gateway):
     def __init__(self, inner: Gateway, observe: Observer):
         self.inner = inner
-        self.name = inner.name
+        self.label = inner.name
         self.observe = observe
 
     async def transfer(self, request: TransferRequest) -> TransferResult:
         started = time.monotonic()
         result = await self.inner.transfer(request)
         self.observe(
-            self.name, "transfer", str(result.outcome), result.code, time.monotonic() - started
+            self.label, "transfer", str(result.outcome), result.code, time.monotonic() - started
         )
         return result
 
@@ -32,7 +32,7 @@ class InstrumentedGateway(Gateway):
         started = time.monotonic()
         result = await self.inner.status(tran_uuid)
         self.observe(
-            self.name, "status", str(result.outcome), result.code, time.monotonic() - started
+            self.label, "status", str(result.outcome), result.code, time.monotonic() - started
         )
         return result
 
@@ -41,7 +41,7 @@ class InstrumentedGateway(Gateway):
         result = await self.inner.verify_card(card)
         if result is not None:
             self.observe(
-                self.name,
+                self.label,
                 "verify",
                 "ok" if result.ok else "rejected",
                 result.code,

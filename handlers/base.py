@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from tornado import httputil
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler
 
 from server.errors import ApiError, Unavailable
@@ -49,6 +49,13 @@ def security_headers(handler: RequestHandler, cache: bool = False) -> None:
     handler.clear_header("Server")
 
 
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
 class BaseHandler(RequestHandler):
     """Every handler: security headers, and no stack trace ever reaches a client."""
 
@@ -69,7 +76,8 @@ class BaseHandler(RequestHandler):
 
     @property
     def services(self) -> Services:
-        return self.application.settings["services"]
+        services: Services = self.application.settings["services"]
+        return services
 
     def set_default_headers(self) -> None:
         security_headers(self)
@@ -102,7 +110,7 @@ class BaseHandler(RequestHandler):
                 "message": "Something went wrong on our side; it has been logged.",
                 "code": "internal_error",
             }
-        reason = httputil.responses.get(status_code, "Error")
+        reason = _phrase(status_code)
         return {"message": reason + ".", "code": _HTTP_CODES.get(status_code, "error")}
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:

@@ -9,7 +9,9 @@ from datetime import datetime
 EVENT_STATUSES = ("pending", "delivered", "failed")
 
 
-def add_tasks(tasks: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def add_tasks(
+    tasks: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
     """The admin sub-commands and their own options."""
     listing = tasks.add_parser("providers", parents=[common], help="list providers (cards masked)")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")

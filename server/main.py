@@ -140,9 +140,9 @@ def supervise(settings: Settings) -> int:
                 break
             except InterruptedError:
                 continue
-            index = workers.pop(pid, None)
-            if index is None:
+            if pid not in workers:
                 continue
+            index = workers.pop(pid)
             _mark_dead(pid)
             if not stopping:
                 restarts += 1
@@ -164,7 +164,7 @@ def _mark_dead(pid: int) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def main(settings: Settings) -> int:

@@ -97,12 +97,12 @@ def render(figures: SystemFigures) -> bytes:
     system figures."""
     if os.environ.get(MULTIPROC_ENV):
         counted = CollectorRegistry()
-        multiprocess.MultiProcessCollector(counted)
+        multiprocess.MultiProcessCollector(counted)  # type: ignore[no-untyped-call]
         text = generate_latest(counted)
     else:
         from prometheus_client import REGISTRY
 
         text = generate_latest(REGISTRY)
     system = CollectorRegistry()
-    system.register(_Figures(figures))  # type: ignore[arg-type]
+    system.register(_Figures(figures))
     return text + generate_latest(system)

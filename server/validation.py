@@ -68,7 +68,7 @@ def _strict_integer(checker: Any, instance: Any) -> bool:
     return isinstance(instance, int) and not isinstance(instance, bool)
 
 
-StrictValidator = validators.extend(
+StrictValidator = validators.extend(  # type: ignore[no-untyped-call]
     Draft202012Validator,
     validators={"pattern": _ecma_pattern},
     type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _strict_integer),
@@ -89,8 +89,10 @@ def _safe_name(text: str) -> str:
 
 def _problem(error: ValidationError) -> list[dict[str, str]]:
     path = "/".join(_safe_name(str(p)) for p in error.absolute_path)
-    kind, value, schema = error.validator, error.validator_value, error.schema
-    instance = error.instance
+    kind = error.validator
+    value: Any = error.validator_value
+    schema: Any = error.schema
+    instance: Any = error.instance
     if kind == "required":
         missing = [r for r in value if isinstance(instance, dict) and r not in instance]
         return [
@@ -116,7 +118,7 @@ def _problem(error: ValidationError) -> list[dict[str, str]]:
     field = path or "(body)"
     if kind == "type":
         types = value if isinstance(value, list) else [value]
-        problem = "must be " + " or ".join(_TYPE_WORDS.get(t, t) for t in types)
+        problem = "must be " + " or ".join(_TYPE_WORDS.get(str(t), str(t)) for t in types)
     elif kind == "pattern":
         problem = schema.get("x-problem", "has the wrong format")
     elif kind == "minimum":
@@ -300,4 +302,5 @@ def openapi_document() -> dict[str, Any]:
             return [inline(v) for v in node]
         return node
 
-    return inline(doc)
+    document: dict[str, Any] = inline(doc)
+    return document

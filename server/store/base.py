@@ -78,7 +78,7 @@ async def cas(coll: Coll, query: Doc, update: Doc) -> Mapping[str, Any] | None:
 
 async def newest_first(
     coll: Coll, provider: str, request: PageRequest
-) -> tuple[list[Mapping[str, Any]], str | None]:
+) -> tuple[list[Doc], str | None]:
     """One page of a provider's documents, newest first, and the cursor to the next."""
     query: Doc = {"provider": provider}
     if request.status:
