@@ -1,4 +1,4 @@
-"""The ``ebs`` gateway: Sudan's EBS card switch through its consumer JSON API (EBS.md).
+"""The ``ebs`` gateway: Sudan's EBS card switch through its consumer JSON API (docs/EBS.md).
 
 Why it looks the way it does:
 
@@ -12,10 +12,10 @@ Why it looks the way it does:
   The top-level ``responseCode`` describes the query; ``originalTransaction.responseCode``
   the transfer. **Not found** is signalled by a top-level ``responseCode`` of
   ``STATUS_NOT_FOUND_CODE`` (25, ISO 8583 "unable to locate record") with no
-  ``originalTransaction``; the project's simulator (``simulator.ebs``) uses the same
-  constant. Real EBS's not-found code is not documented in the sources we have: check it
-  against the QA switch and change the constant if it differs. Any other non-zero query code
-  leaves the outcome UNKNOWN.
+  ``originalTransaction``; the project's simulator (``simulator.ebs``) answers the same
+  code from its own reading of the protocol. Real EBS's not-found code is not documented in
+  the sources we have: check it against the QA switch and change the constant if it differs.
+  Any other non-zero query code leaves the outcome UNKNOWN.
 * A 613 (``DUPLICATE_TRANSACTION``) reply to ``doCardTransfer`` is reported as UNKNOWN with
   code 613: that UUID already has an outcome at the switch, which only ``status`` can tell,
   and calling it a decline could fail a claim whose money did move.

@@ -36,7 +36,7 @@ _HTTP_CODES = {
 
 
 def security_headers(handler: RequestHandler, cache: bool = False) -> None:
-    """The headers of DESIGN.md section 5, on every response of every handler."""
+    """The headers of docs/DESIGN.md section 5, on every response of every handler."""
     handler.set_header(
         "Content-Security-Policy", "default-src 'self'; frame-ancestors 'none'; form-action 'self'"
     )

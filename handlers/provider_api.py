@@ -1,4 +1,4 @@
-"""The provider JSON API of DESIGN.md section 4."""
+"""The provider JSON API of docs/DESIGN.md section 4."""
 
 from __future__ import annotations
 

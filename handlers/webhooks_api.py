@@ -1,4 +1,4 @@
-"""The provider's delivery log and controls for its webhooks (DESIGN.md section 7)."""
+"""The provider's delivery log and controls for its webhooks (docs/DESIGN.md section 7)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ The ledger is one SQLite file in WAL mode: every transfer is one ``BEGIN IMMEDIA
 transaction (debit, credit and the ``transfers`` row together), so a ``kill -9`` of the process
 leaves either all of it or none of it, and several processes can share the file.
 
-Rules (DESIGN.md section 8):
+Rules (docs/DESIGN.md section 8):
 
 * A card first seen as a *paying* card (``verify_card`` or ``transfer``) opens an account
   funded with ``FUNDED_BALANCE``; its IPIN and expiry are the ones given that first time.

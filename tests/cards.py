@@ -1,4 +1,4 @@
-"""Luhn-valid test card numbers that keep the magic last four digits of DESIGN.md section 8.
+"""Luhn-valid test card numbers that keep the magic last four digits of docs/DESIGN.md section 8.
 
 The check digit cannot be the last digit when the last four are fixed, so one digit just
 before them (position ``length - 5``) is chosen to make the whole number pass Luhn.

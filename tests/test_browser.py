@@ -1,4 +1,4 @@
-"""The customer claim page (DESIGN.md section 5) in a real headless browser.
+"""The customer claim page (docs/DESIGN.md section 5) in a real headless browser.
 
 Debian's ``chromium`` driven by Playwright's sync API against a real server process: the form,
 the processing page that refreshes itself, the receipt, card errors, a customer-fixable

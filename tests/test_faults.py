@@ -443,7 +443,7 @@ def test_registration_while_the_gateway_is_down_is_not_a_rejected_card(
 
 KILL_SEED = 20261124
 KILLS = 3
-# Every tenth claim of each kind goes to a magic card (DESIGN.md section 8); the rest pay.
+# Every tenth claim of each kind goes to a magic card (docs/DESIGN.md section 8); the rest pay.
 MAGIC = {1: "0051", 4: "0091", 6: "0092", 8: "0052"}
 
 

@@ -144,3 +144,18 @@ def test_the_bank_and_the_protocol_are_plain_python() -> None:
             and not any(within(name, module) for module in allowed)
         )
         assert others == [], path.relative_to(ROOT)
+
+
+def test_every_handler_but_the_json_ones_checks_the_xsrf_token() -> None:
+    """Safe by default: Tornado's XSRF check stays on in ``BaseHandler``; only JSON API
+    handlers (bearer keys, ``application/json`` bodies) switch it off."""
+    from tornado.web import RequestHandler
+
+    from handlers.base import ApiHandler, BaseHandler
+    from server.app import routes
+
+    assert BaseHandler.check_xsrf_cookie is RequestHandler.check_xsrf_cookie
+    for template, handler in routes():
+        if not issubclass(handler, ApiHandler):
+            assert handler.check_xsrf_cookie is RequestHandler.check_xsrf_cookie, template
+    assert any(not issubclass(h, ApiHandler) for _, h in routes())  # the claim page

@@ -861,7 +861,7 @@ def test_whole_number_float_amount_is_refused_or_kept_an_integer(world: World) -
 
 
 def error_is_json_message_and_code(ctx: Any, response: Any, case: Any) -> bool | None:
-    """Every 4xx/5xx answer is ``{"message", "code"[, "details"]}`` JSON (DESIGN.md 4)."""
+    """Every 4xx/5xx answer is ``{"message", "code"[, "details"]}`` JSON (docs/DESIGN.md 4)."""
     if response.status_code < 400 or (case.path, response.status_code) == ("/readyz", 503):
         return None  # a not-ready /readyz answers its readiness report (documented)
     ctype = response.headers.get("content-type", [""])[0]

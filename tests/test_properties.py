@@ -1,6 +1,6 @@
 """Property tests (Hypothesis) of the pure parts: card numbers and the Luhn check, request
 validation, strict JSON parsing, the encryption of data at rest, and the claim state machine
-of DESIGN.md section 6 driven against the real database through ``server.store.Store``."""
+of docs/DESIGN.md section 6 driven against the real database through ``server.store.Store``."""
 
 from __future__ import annotations
 
@@ -609,7 +609,7 @@ LEASE = timedelta(seconds=120)
 
 @dataclass
 class Model:
-    """DESIGN.md section 6, written independently of the engine."""
+    """docs/DESIGN.md section 6, written independently of the engine."""
 
     status: ClaimStatus = ClaimStatus.PENDING
     attempts: list[tuple[str, AttemptOutcome]] = field(default_factory=list)
