@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -70,6 +70,10 @@ class TransferRequest:
     to_pan: str
     amount: int  # whole SDG
     currency: str = "SDG"
+    # Asked the moment before the transfer is sent (and before any resend): whether the host
+    # still allows a send to start (it may have lost its claim on this attempt meanwhile).
+    # False: send nothing and answer UNKNOWN; the host settles the attempt with ``status``.
+    may_send: Callable[[], bool] = field(default=lambda: True, compare=False)
 
     def __repr__(self) -> str:
         return (
@@ -99,6 +103,17 @@ class TransferResult:
     @property
     def customer_fixable(self) -> bool:
         return self.outcome is Outcome.DECLINED and self.code in CUSTOMER_FIXABLE_CODES
+
+
+def not_sent(request: TransferRequest) -> TransferResult:
+    """The answer when the host withdrew its permission to send: nothing left here."""
+    return TransferResult(
+        Outcome.UNKNOWN,
+        request.tran_uuid,
+        None,
+        "not sent: this process no longer holds the attempt",
+        raw={"sent": False},
+    )
 
 
 @dataclass(frozen=True)
@@ -183,9 +198,10 @@ class Gateway(ABC):
         return list(check(production)) if check is not None else []
 
     @classmethod
-    def longest_call(cls, options: Any) -> float:
-        """Seconds one ``transfer`` may take at most with these options (leases exceed it)."""
-        return 0.0
+    def settle_grace(cls, options: Any) -> float:
+        """Seconds after an attempt started during which a transfer sent for it may still
+        show up at the switch: until then "no such transaction" is not believed."""
+        return 60.0
 
     @abstractmethod
     async def transfer(self, request: TransferRequest) -> TransferResult:

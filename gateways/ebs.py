@@ -40,6 +40,7 @@ import os
 import re
 import time
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -234,10 +235,10 @@ class EbsGateway(Gateway):
         return cls(options, host.http, host.production)
 
     @classmethod
-    def longest_call(cls, options: EbsOptions) -> float:
-        """A transfer may take four requests: fetch the key, send, and after a PIN-block
-        error fetch the key again and resend."""
-        return 4 * (options.connect_timeout + options.request_timeout)
+    def settle_grace(cls, options: EbsOptions) -> float:
+        """A transfer EBS received is recorded by the time it answers, which it does within
+        our request timeout or not at all: until then "not found" may only mean "not yet"."""
+        return options.connect_timeout + options.request_timeout
 
     def _key_lock(self) -> asyncio.Lock:
         """One lock per event loop (tests run the gateway on several loops in turn)."""
@@ -320,12 +321,20 @@ class EbsGateway(Gateway):
         return self._configured_key is None and answer.code in PIN_BLOCK_ERROR_CODES
 
     async def _with_ipin(
-        self, endpoint: str, body: dict[str, Any], ipin: str, new_uuid: bool
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        ipin: str,
+        new_uuid: bool,
+        may_send: Callable[[], bool] = lambda: True,
     ) -> _Answer:
-        """Send a request carrying an IPIN block; refetch the key and resend once if stale."""
+        """Send a request carrying an IPIN block; refetch the key and resend once if stale.
+        ``may_send`` is asked just before each send (fetching the key may have taken long)."""
         key = await self._public_key()
         if key is None:
             return self._no_key_answer()
+        if not may_send():
+            return _Answer(None, "not sent: this process no longer holds the attempt")
         body = {**body, **self._common(body["UUID"])}
         body["IPIN"] = ipin_block(key, body["UUID"], ipin)
         answer = await self._post(endpoint, body)
@@ -335,6 +344,8 @@ class EbsGateway(Gateway):
         fresh = await self._public_key(stale=key)
         if fresh is None:
             return answer
+        if not may_send():
+            return answer  # the first send was refused unread: nothing moved
         body = {**body, **self._common(None if new_uuid else body["UUID"])}
         body["IPIN"] = ipin_block(fresh, body["UUID"], ipin)
         return await self._post(endpoint, body)
@@ -355,7 +366,9 @@ class EbsGateway(Gateway):
             "tranCurrencyCode": request.currency,
             "toCard": request.to_pan,
         }
-        answer = await self._with_ipin("doCardTransfer", body, card.ipin, new_uuid=False)
+        answer = await self._with_ipin(
+            "doCardTransfer", body, card.ipin, new_uuid=False, may_send=request.may_send
+        )
         if answer.body is None:
             return TransferResult(
                 Outcome.UNKNOWN, tran_uuid, None, answer.message, raw=answer.raw()

@@ -31,6 +31,7 @@ from gateways.base import (
     TransferResult,
     VerifyResult,
     mask_pan,
+    not_sent,
 )
 from simulator.bank import DUPLICATE_TRANSACTION, Bank, TransferRecord, reference_for
 
@@ -66,8 +67,10 @@ class MockGateway(Gateway):
         return cls(host.data_dir, options.latency_ms)
 
     @classmethod
-    def longest_call(cls, options: MockOptions) -> float:
-        return options.latency_ms / 1000
+    def settle_grace(cls, options: MockOptions) -> float:
+        """The switch is in this process: a transfer it has not recorded once the process
+        that sent it is gone never will be. A few seconds cover the added latency."""
+        return options.latency_ms / 1000 + 5.0
 
     @property
     def bank(self) -> Bank:
@@ -80,6 +83,8 @@ class MockGateway(Gateway):
         half = self.latency_ms / 2000
         if half:
             await asyncio.sleep(half)
+        if not request.may_send():
+            return not_sent(request)
         card = request.from_card
         reply = self.bank.transfer(
             request.tran_uuid, card.pan, card.exp_date, card.ipin, request.to_pan, request.amount

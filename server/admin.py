@@ -49,7 +49,7 @@ async def reconcile(services: Services, args: argparse.Namespace) -> int:
     looked = 0
     for _ in range(max(1, args.rounds)):
         looked += await services.payouts.reconcile_once(include_unknown=True)
-        await services.payouts.background.stop(services.settings.attempt_lease)
+        await services.payouts.background.stop(services.settings.grace + 5)
     figures = await services.store.figures(utcnow())
     print(
         f"looked at {looked} claims; {figures.claims_by_status['processing']} still "
@@ -112,7 +112,7 @@ async def _run(settings: Settings, task: str, args: argparse.Namespace) -> int:
     finally:
         # Finish what the task started (a transfer it retried, a webhook it owes) before
         # leaving, or its leases would hold that work back from the servers for a while.
-        await services.payouts.stop(settings.attempt_lease)
+        await services.payouts.stop(settings.grace + 5)
         await services.webhooks.stop(settings.webhook_timeout + 5)
         await services.close()
         if embedded is not None:

@@ -16,10 +16,14 @@ from datetime import datetime, timedelta
 
 from gateways.base import Outcome, TransferResult
 from server.crypto import Sealed
-from server.models import Attempt, AttemptOutcome, ClaimStatus
+from server.models import Attempt, AttemptOutcome, Claim, ClaimStatus
 
 MAX_ATTEMPTS = 3
 NOT_FOUND_MESSAGE = "The transfer did not go through; no money moved."
+# A finished claim owes its webhook event from its final write on; the settling process
+# writes the event at once, and only if it did not (it crashed) does the outbox sweep write
+# it, this long after the claim ended.
+EVENT_OWED_GRACE = timedelta(seconds=10)
 
 P, R = ClaimStatus.PENDING, ClaimStatus.PROCESSING
 # Which status may follow which. Terminal states have no successor.
@@ -73,7 +77,8 @@ class Transition:
     decision: Decision | None = None  # settles the attempt named by guard.open_attempt
     begin: Attempt | None = None  # a new attempt (with its gateway UUID) stored in the write
     card: Sealed | None = None  # the receiving card, stored with the first attempt
-    lease_until: datetime | None = None
+    lease_until: datetime | None = None  # processing: who holds the claim, until when
+    expires_at: datetime | None = None  # back to pending: when it expires (its next deadline)
 
     def __post_init__(self) -> None:
         if self.target not in NEXT[self.source]:
@@ -89,6 +94,20 @@ class Transition:
     def notifies(self) -> bool:
         """The write marks the claim as owing its webhook event (the outbox's first half)."""
         return self.target in NOTIFIED
+
+    @property
+    def next_at(self) -> datetime | None:
+        """When the service must next act on the claim after this transition: its expiry
+        (pending), its lease (processing), the deadline for writing its webhook event
+        (succeeded, failed, expired), never (cancelled). One indexed field serves expiry,
+        reconciliation and the outbox's recovery sweep."""
+        if self.target is P:
+            return self.expires_at
+        if self.target is R:
+            return self.lease_until
+        if self.notifies:
+            return self.at + EVENT_OWED_GRACE
+        return None
 
 
 def claiming(
@@ -113,11 +132,12 @@ def cancelling(provider: str, uuid: str, now: datetime) -> Transition:
 
 
 def expiring(uuid: str, now: datetime) -> Transition:
+    """pending -> expired, only once its time has passed."""
     return Transition(uuid, P, ClaimStatus.EXPIRED, now, Guard(expired=True))
 
 
 def settling(
-    uuid: str, index: int, tran_uuid: str, decision: Decision, now: datetime, lease: timedelta
+    claim: Claim, index: int, decision: Decision, now: datetime, lease: timedelta
 ) -> Transition:
     """processing -> the decision's status, only while attempt ``index`` is still open."""
     lease_until = None
@@ -126,14 +146,15 @@ def settling(
     elif decision.recheck_in is not None:
         lease_until = now + decision.recheck_in
     return Transition(
-        uuid,
+        claim.uuid,
         R,
         decision.status,
         now,
-        Guard(open_attempt=(index, tran_uuid)),
+        Guard(open_attempt=(index, claim.attempts[index].tran_uuid)),
         decision=decision,
         begin=decision.next_attempt,
         lease_until=lease_until,
+        expires_at=claim.expires_at,
     )
 
 
@@ -191,3 +212,21 @@ def decide(
 
 def attempts_left(attempts: int) -> int:
     return max(0, MAX_ATTEMPTS - attempts)
+
+
+@dataclass(frozen=True)
+class LeaseRules:
+    """The lease a process holds on a processing claim while it runs the claim's attempt (or
+    asks the switch about it). Leases are short and the holder renews them every third of
+    their length while a gateway call runs, so a long switch timeout never needs a long
+    lease, and a dead or frozen holder's claims are taken over within one lease. A holder
+    starts a send only with a third of its lease left, and never once it lost it."""
+
+    length: timedelta
+
+    @property
+    def renew_every(self) -> timedelta:
+        return self.length / 3
+
+    def may_send(self, until: datetime | None, now: datetime) -> bool:
+        return until is not None and now < until - self.length / 3

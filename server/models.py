@@ -120,7 +120,9 @@ class Claim:
     response_message: str | None = None
     reference: str | None = None  # the switch's reference of the approved transfer
     attempts: tuple[Attempt, ...] = field(default_factory=tuple)
-    lease_until: datetime | None = None
+    # When the service must next act on it: expiry (pending), the end of the current
+    # holder's lease (processing), the deadline for its webhook event (finished).
+    next_at: datetime | None = None
 
     @property
     def current(self) -> tuple[int, Attempt] | None:

@@ -20,12 +20,14 @@ import logging
 import os
 import socket
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 from gateways.base import Card, Gateway, Outcome, TransferRequest, TransferResult
 from server import lifecycle, validation
+from server.attempt_leases import LeaseKeeper
 from server.background import Background
 from server.crypto import DecryptionError, KeyRing, aad
 from server.errors import ApiError, not_found
@@ -40,9 +42,6 @@ log = logging.getLogger("cashout.payouts")
 
 RECONCILE_BATCH = 100
 RECONCILE_PARALLEL = 8
-# Settings make the attempt lease exceed a gateway call by at least a second; renewing the
-# lease before a call may use no more than that margin.
-SEND_MARGIN = timedelta(seconds=1)
 
 
 class PayoutEngine:
@@ -61,13 +60,12 @@ class PayoutEngine:
         self.gateway = gateway
         self.providers = providers
         self.transitions = transitions
+        self.rules = lifecycle.LeaseRules(timedelta(seconds=settings.attempt_lease))
+        self.leases = LeaseKeeper(store, self.rules)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuidlib.uuid4().hex[:8]}"
         self.background = Background("payouts")
 
     # -- claiming --------------------------------------------------------------------------
-
-    def _lease(self) -> timedelta:
-        return timedelta(seconds=self.settings.attempt_lease)
 
     async def submit(self, provider: str, uuid: str, pan_text: Any) -> Claim:
         """Claim a pending claim for the card ``pan_text``; the transfer runs in the
@@ -90,7 +88,7 @@ class PayoutEngine:
         attempt = Attempt(tran_uuid=str(uuidlib.uuid4()), started_at=now, card_last4=pan[-4:])
         sealed = self.keys.seal(pan, aad("claims", uuid, "card.pan"))
         claim = await self.transitions.apply(
-            lifecycle.claiming(provider, uuid, attempt, sealed, now + self._lease())
+            lifecycle.claiming(provider, uuid, attempt, sealed, now + self.rules.length)
         )
         if claim is None:
             raise await self._why_not_claimable(provider, uuid)
@@ -128,47 +126,45 @@ class PayoutEngine:
     # -- transfers -------------------------------------------------------------------------
 
     async def _run(self, claim: Claim) -> None:
+        """Send the claim's open attempt, holding its lease until the gateway answers."""
         current = claim.current
         if claim.status is not ClaimStatus.PROCESSING or current is None:
             return
         index, attempt = current
         if attempt.outcome is not AttemptOutcome.IN_FLIGHT:
             return
-        try:
-            request = await self._request(claim, attempt)
-        except DecryptionError:
-            log.error("claim %s…: a stored card does not decrypt; failing it", claim.uuid[:8])
-            unusable = TransferResult(
-                Outcome.DECLINED, attempt.tran_uuid, None, "The payout card could not be used."
-            )
-            await self._apply(claim, index, unusable, definitive=True)
-            return
-        # Sending needs a live lease: the one set when the attempt began may have run out
-        # (a slow database since) and reconciliation, finding nothing at the switch, started
-        # another attempt. Take it afresh; if that fails, or itself took so long that the
-        # rest of the lease may not cover the call, send nothing: reconciliation will.
-        asked = utcnow()
-        renewed = await self.store.claims.renew_lease(claim, asked + self._lease())
-        if not renewed or utcnow() - asked >= SEND_MARGIN:
-            log.warning(
-                "claim %s… attempt %d: lease not renewed in time; left to reconciliation",
-                claim.uuid[:8],
-                index + 1,
-            )
-            return
-        result = await self.gateway.transfer(request)
+        async with self.leases.hold(claim.uuid, claim.next_at) as held:
+            try:
+                request = await self._request(claim, attempt, held.may_send)
+            except DecryptionError:
+                log.error("claim %s…: a stored card does not decrypt; failing it", claim.uuid[:8])
+                unusable = TransferResult(
+                    Outcome.DECLINED, attempt.tran_uuid, None, "The payout card could not be used."
+                )
+                await self._apply(claim, index, unusable, definitive=True)
+                return
+            if not await held.ready_to_send():
+                log.warning(
+                    "claim %s… attempt %d: lease lost before sending; its new holder settles it",
+                    claim.uuid[:8],
+                    index + 1,
+                )
+                return
+            result = await self.gateway.transfer(request)
         log.info(
             "claim %s… attempt %d: %s %s", claim.uuid[:8], index + 1, result.outcome, result.code
         )
         await self._apply(claim, index, result)
 
-    async def _request(self, claim: Claim, attempt: Attempt) -> TransferRequest:
-        provider = await self.store.providers.get(claim.provider)
+    async def _request(
+        self, claim: Claim, attempt: Attempt, may_send: Callable[[], bool]
+    ) -> TransferRequest:
+        provider = await self.providers.by_name(claim.provider)
         if provider is None or claim.card_pan is None:
             raise DecryptionError("missing card")
         paying: Card = self.providers.open_card(provider)
         to_pan = self.keys.open(claim.card_pan, aad("claims", claim.uuid, "card.pan"))
-        return TransferRequest(attempt.tran_uuid, paying, to_pan, claim.amount)
+        return TransferRequest(attempt.tran_uuid, paying, to_pan, claim.amount, may_send=may_send)
 
     def decide(
         self, claim: Claim, index: int, result: TransferResult, definitive: bool = False
@@ -181,7 +177,7 @@ class PayoutEngine:
             index + 1,
             replace(result, message=mask(result.message)),
             utcnow(),
-            settle_grace=timedelta(seconds=s.settle_grace),
+            settle_grace=timedelta(seconds=s.grace),
             recheck=timedelta(seconds=min(s.reconcile_interval, s.attempt_lease)),
             definitive=definitive,
         )
@@ -190,14 +186,7 @@ class PayoutEngine:
         self, claim: Claim, index: int, result: TransferResult, definitive: bool = False
     ) -> Claim | None:
         decision = self.decide(claim, index, result, definitive)
-        transition = lifecycle.settling(
-            claim.uuid,
-            index,
-            claim.attempts[index].tran_uuid,
-            decision,
-            utcnow(),
-            self._lease(),
-        )
+        transition = lifecycle.settling(claim, index, decision, utcnow(), self.rules.length)
         updated = await self.transitions.apply(transition)
         if updated is not None and decision.next_attempt is not None:
             self.background.spawn(self._run(updated))
@@ -213,14 +202,15 @@ class PayoutEngine:
 
         async def one(claim: Claim) -> None:
             async with gate:
-                taken = await self.store.claims.take_lease(claim, utcnow() + self._lease())
+                taken = await self.store.claims.take_lease(claim, utcnow() + self.rules.length)
                 if taken is None or taken.current is None:
                     return
                 index, attempt = taken.current
                 if not attempt.outcome.open:
                     log.warning("claim %s… processing with a settled attempt", taken.uuid[:8])
                     return
-                result = await self.gateway.status(attempt.tran_uuid)
+                async with self.leases.hold(taken.uuid, taken.next_at):
+                    result = await self.gateway.status(attempt.tran_uuid)
                 log.info(
                     "claim %s… reconciled attempt %d: %s %s",
                     taken.uuid[:8],
@@ -241,9 +231,10 @@ class PayoutEngine:
         return expired
 
     async def tick(self) -> None:
-        """One round of background work, under a lease so processes take turns."""
+        """One round of background work, under a short lease so processes take turns and a
+        dead process's turn passes to another within two rounds."""
         now = utcnow()
-        hold = timedelta(seconds=self.settings.reconcile_interval * 3)
+        hold = timedelta(seconds=self.settings.reconcile_interval * 2)
         if await self.store.leases.acquire("payouts", self.holder, now, now + hold):
             await self.reconcile_once()
             await self.expire_once()

@@ -41,6 +41,12 @@ class ProviderService:
             max_batch=settings.db_batch,
             observe=metrics.observe_batch,
         )
+        self._by_name: Batcher[str, Provider | None] = Batcher(
+            "providers",
+            self._find_names,
+            max_batch=settings.db_batch,
+            observe=metrics.observe_batch,
+        )
 
     # -- sealing ---------------------------------------------------------------------------
 
@@ -139,6 +145,15 @@ class ProviderService:
         if provider.name != name:
             raise not_found("No such provider.")
         return provider
+
+    async def by_name(self, name: str) -> Provider | None:
+        """The provider as stored now (group commit: the pay path and the webhook sender read
+        a provider per transfer and per delivery)."""
+        return await self._by_name.submit(name)
+
+    async def _find_names(self, names: list[str]) -> list[Provider | None]:
+        found = await self.store.providers.by_names(names)
+        return [found.get(n) for n in names]
 
     async def _find_keys(self, key_hashes: list[str]) -> list[Provider | None]:
         found = await self.store.providers.by_key_hashes(key_hashes)

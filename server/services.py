@@ -42,7 +42,7 @@ class Services:
     @classmethod
     def build(cls, settings: Settings, store: Store, keys: KeyRing, gateway: Gateway) -> Services:
         gateway = InstrumentedGateway(gateway, metrics.observe_payment)
-        transitions = Transitions(store)
+        transitions = Transitions(store, settings.db_batch)
         providers = ProviderService(settings, store, keys, gateway)
         payouts = PayoutEngine(settings, store, keys, gateway, providers, transitions)
         webhooks = WebhookSender(settings, store, providers)

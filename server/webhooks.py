@@ -33,6 +33,7 @@ from tornado.netutil import DefaultExecutorResolver, Resolver
 
 from server import metrics, validation
 from server.background import Background
+from server.batching import Batcher
 from server.errors import ApiError, not_found
 from server.lifecycle import NOTIFIED
 from server.models import (
@@ -46,7 +47,7 @@ from server.models import (
 )
 from server.providers import ProviderService
 from server.settings import Settings
-from server.store import Store
+from server.store import Recorded, Store
 from server.views import webhook_payload
 
 log = logging.getLogger("cashout.webhooks")
@@ -127,22 +128,59 @@ class WebhookSender:
         )
         self._in_flight: set[str] = set()
         self.background = Background("webhooks")
+        batch = settings.db_batch
+        self._writes: Batcher[WebhookEvent, bool] = Batcher(
+            "events", self._write_events, max_batch=batch, observe=metrics.observe_batch
+        )
+        self._records: Batcher[Recorded, None] = Batcher(
+            "deliveries", self._record, max_batch=batch, observe=metrics.observe_batch
+        )
 
     # -- writing events --------------------------------------------------------------------
 
+    def _hold(self) -> timedelta:
+        """How long one delivery attempt keeps its event from other processes."""
+        return timedelta(seconds=self.settings.webhook_timeout * 2 + 5)
+
     async def claim_finished(self, claim: Claim) -> None:
-        """The payouts engine's terminal hook: write the claim's event, then send it."""
+        """The terminal hook: write the claim's event, already leased to this process, and
+        make its first attempt at once (no second write to take it)."""
         if claim.status not in NOTIFIED:
             return
         event = self._event(
-            claim.provider, event_id_for(claim.uuid), claim.uuid, webhook_payload(claim)
+            claim.provider,
+            event_id_for(claim.uuid),
+            claim.uuid,
+            webhook_payload(claim),
+            lease=self._hold(),
         )
-        await self.store.events.insert(event)
-        await self.store.claims.event_written(claim.uuid)
-        self.background.spawn(self.deliver(event.event_id, claim.provider))
+        # Ours from now on: the sweep must not start a second runner for it, which would
+        # find it leased and give up while this one waits for a delivery slot.
+        self._in_flight.add(event.event_id)
+        try:
+            written = await self._writes.submit(event)
+        except BaseException:
+            self._in_flight.discard(event.event_id)
+            raise
+        if written:
+            self.background.spawn(self._deliver(event.event_id, event.provider, event))
+        else:
+            self._in_flight.discard(event.event_id)
+
+    async def _write_events(self, events: list[WebhookEvent]) -> list[bool]:
+        """Group commit of the outbox: one insert for the batch's events, then one update
+        that clears what their claims owed (an event already there counts as written)."""
+        written = await self.store.events.insert_many(events)
+        await self.store.claims.events_written([e.claim for e in events if e.claim])
+        return written
 
     def _event(
-        self, provider: str, event_id: str, claim: str | None, body: dict[str, Any]
+        self,
+        provider: str,
+        event_id: str,
+        claim: str | None,
+        body: dict[str, Any],
+        lease: timedelta | None = None,
     ) -> WebhookEvent:
         now = utcnow()
         return WebhookEvent(
@@ -154,29 +192,40 @@ class WebhookSender:
             created_at=now,
             next_attempt_at=now,
             tries=0,
+            lease_until=now + lease if lease else None,
         )
 
     # -- sending ---------------------------------------------------------------------------
 
     async def deliver(self, event_id: str, provider_name: str) -> None:
         """One attempt for one event, if it is due and no one else holds it."""
-        if event_id in self._in_flight:
-            return
-        self._in_flight.add(event_id)
+        await self._deliver(event_id, provider_name, None)
+
+    async def _deliver(self, event_id: str, provider_name: str, taken: WebhookEvent | None) -> None:
+        """One attempt: take the event's lease first, unless this process wrote it leased
+        (``taken``, already marked in flight by its writer)."""
+        if taken is None:
+            if event_id in self._in_flight:
+                return
+            self._in_flight.add(event_id)
         try:
             async with self._per_provider[provider_name], self._all:
-                now = utcnow()
-                hold = timedelta(seconds=self.settings.webhook_timeout * 2 + 5)
-                event = await self.store.events.take(event_id, now, now + hold)
+                event = taken
+                if event is not None and event.lease_until is not None:
+                    left = (event.lease_until - utcnow()).total_seconds()
+                    if left < self.settings.webhook_timeout:  # waited too long for a slot
+                        event = None
                 if event is None:
-                    return
-                provider = await self.store.providers.get(provider_name)
+                    now = utcnow()
+                    event = await self.store.events.take(event_id, now, now + self._hold())
+                    if event is None:
+                        return
+                provider = await self.providers.by_name(event.provider)
                 if provider is None:
                     return
                 attempt, retry_after = await self._send(provider, event)
                 status, next_at = self._next(event, attempt, retry_after)
-                if not await self.store.events.record_delivery(event, attempt, status, next_at):
-                    log.warning("event %s: lease lost before the attempt was recorded", event_id)
+                await self._records.submit(Recorded(event, attempt, status, next_at))
                 metrics.WEBHOOKS.labels(
                     "retry" if status is EventStatus.PENDING else str(status)
                 ).inc()
@@ -189,6 +238,17 @@ class WebhookSender:
                 )
         finally:
             self._in_flight.discard(event_id)
+
+    async def _record(self, records: list[Recorded]) -> list[None]:
+        """Group commit of the delivery log: one bulk write for the batch's attempts."""
+        recorded = await self.store.events.record_many(records)
+        if recorded < len(records):
+            log.warning(
+                "%d of %d webhook attempts not recorded: their lease passed to another process",
+                len(records) - recorded,
+                len(records),
+            )
+        return [None] * len(records)
 
     async def _send(self, provider: Provider, event: WebhookEvent) -> tuple[Delivery, float | None]:
         timestamp = int(time.time())
@@ -246,7 +306,7 @@ class WebhookSender:
 
     async def sweep(self) -> None:
         """Write events owed by finished claims, then send whatever is due."""
-        for claim in await self.store.claims.owed_an_event(SWEEP_BATCH):
+        for claim in await self.store.claims.owed_an_event(utcnow(), SWEEP_BATCH):
             await self.claim_finished(claim)
         for event_id, provider in await self.store.events.due(utcnow(), SWEEP_BATCH):
             if event_id not in self._in_flight:

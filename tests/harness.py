@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -390,3 +391,10 @@ class Provider:
     @property
     def ledger(self) -> Ledger:
         return Ledger(Path(self.server.env["CASHOUT_DATA_DIR"]) / MOCK_LEDGER)
+
+
+def make_overdue(db: Any, uuid: str) -> None:
+    """Move a pending claim's expiry into the past, as time would: its ``next_at`` (what the
+    expiry sweep looks at) is its expiry while it is pending."""
+    past = datetime.now(UTC) - timedelta(minutes=1)
+    db.claims.update_one({"_id": uuid}, {"$set": {"expires_at": past, "next_at": past}})

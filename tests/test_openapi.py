@@ -19,7 +19,6 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -44,6 +43,7 @@ from tests.harness import (
     Provider,
     ServerProcess,
     auth,
+    make_overdue,
     provider_body,
     remember,
     wait_until,
@@ -228,10 +228,7 @@ def world(server: ServerProcess, receiver: Receiver, mongo: Any) -> World:
         what="the 0091 attempt to be unknown",
     )
     w.claims["expired"] = main.generate(103)
-    mongo[server.env["CASHOUT_DB_NAME"]].claims.update_one(
-        {"_id": w.claims["expired"]},
-        {"$set": {"expires_at": datetime.now(UTC) - timedelta(minutes=1)}},
-    )
+    make_overdue(mongo[server.env["CASHOUT_DB_NAME"]], w.claims["expired"])
     w.other_claim = other.generate(5)
     w.pool = [main.generate(7) for _ in range(8)]
     w.cards = [random_pan(), random_pan(length=19), random_pan("0052")]

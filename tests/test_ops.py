@@ -26,6 +26,7 @@ from tests.harness import (
     Provider,
     ServerProcess,
     free_port,
+    make_overdue,
     remember,
     wait_until,
 )
@@ -335,9 +336,7 @@ def test_admin_expire_and_redeliver(server_factory: Any, receiver: Receiver, mon
     provider = Provider.register(server, endpoint=receiver.url(path))
     receiver.behave(path, secrets=[provider.webhook_secret])
     uuid = provider.generate(30)
-    mongo[server.env["CASHOUT_DB_NAME"]].claims.update_one(
-        {"_id": uuid}, {"$set": {"expires_at": datetime.now() - timedelta(minutes=1)}}
-    )
+    make_overdue(mongo[server.env["CASHOUT_DB_NAME"]], uuid)
     assert provider.status(uuid)["status"] == "pending", "no sweep ran in this server"
 
     expired = admin(server, "expire")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -14,7 +13,14 @@ import pytest
 
 from tests.cards import luhn_card
 from tests.conftest import random_pan, unique_name
-from tests.harness import FAST_RECONCILE, Provider, ServerProcess, provider_body, remember
+from tests.harness import (
+    FAST_RECONCILE,
+    Provider,
+    ServerProcess,
+    make_overdue,
+    provider_body,
+    remember,
+)
 from tests.ledger import Ledger
 
 
@@ -122,9 +128,7 @@ def test_pending_claims_expire(provider: Provider, mongo: Any) -> None:
     uuid = provider.generate(10, expires_in=60)
     # Move the expiry into the past directly: waiting a minute would slow the suite.
     db = mongo[provider.server.env["CASHOUT_DB_NAME"]]
-    db.claims.update_one(
-        {"_id": uuid}, {"$set": {"expires_at": datetime.now(UTC) - timedelta(seconds=1)}}
-    )
+    make_overdue(db, uuid)
     claim = provider.wait(uuid, "expired")  # the periodic sweep, with nobody looking
     assert claim["completed_at"] is not None
     late = provider.claim(uuid, random_pan())

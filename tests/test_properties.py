@@ -754,7 +754,16 @@ class ClaimMachine(RuleBasedStateMachine):
                 recheck=timedelta(seconds=30),
                 definitive=definitive,
             )
-        transition = lifecycle.settling(self.uuid, index, tran, decision, utcnow(), LEASE)
+        if tran != claim.attempts[index].tran_uuid if claim.attempts else True:
+            claim = replace(
+                claim,
+                attempts=tuple(
+                    replace(a, tran_uuid=tran) if i == index else a
+                    for i, a in enumerate(claim.attempts)
+                )
+                or (Attempt(tran, utcnow(), "4242"),),
+            )
+        transition = lifecycle.settling(claim, index, decision, utcnow(), LEASE)
         got = run(self.store.claims.apply(transition))
         m = self.model
         applies = (
@@ -809,10 +818,22 @@ class ClaimMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.patient() and not self.model.due)
     @rule()
     def time_passes(self) -> None:
-        """The claim's expiry passes (the clock is the database's ``expires_at``)."""
+        """The claim's expiry passes (the clock is the database's ``expires_at``; a pending
+        claim's ``next_at`` is its expiry)."""
+        past = utcnow() - timedelta(seconds=1)
         run(
             self.store.db.claims.update_one(
-                {"_id": self.uuid}, {"$set": {"expires_at": utcnow() - timedelta(seconds=1)}}
+                {"_id": self.uuid},
+                [
+                    {
+                        "$set": {
+                            "expires_at": past,
+                            "next_at": {
+                                "$cond": [{"$eq": ["$status", "pending"]}, past, "$next_at"]
+                            },
+                        }
+                    }
+                ],
             )
         )
         self.model.due = True
@@ -863,9 +884,16 @@ class ClaimMachine(RuleBasedStateMachine):
         # The customer's card is kept only while a transfer may be running.
         assert (claim.card_pan is not None) is (claim.status is ClaimStatus.PROCESSING)
         assert (claim.completed_at is not None) is claim.status.terminal
-        # Succeeded, failed and expired claims owe the provider a webhook; cancelled ones not.
+        # Succeeded, failed and expired claims owe the provider a webhook (their ``next_at``
+        # is the deadline for writing it); cancelled ones not. Pending claims are next due at
+        # their expiry, processing ones at the end of their lease.
         owes = claim.status in (ClaimStatus.SUCCEEDED, ClaimStatus.FAILED, ClaimStatus.EXPIRED)
-        assert bool(doc.get("notify")) is owes
+        if claim.status.terminal:
+            assert (doc.get("next_at") is not None) is owes
+        elif claim.status is ClaimStatus.PENDING:
+            assert claim.next_at == claim.expires_at
+        else:
+            assert claim.next_at is not None
         if claim.status in (ClaimStatus.SUCCEEDED, ClaimStatus.FAILED):
             assert claim.response_code == m.code
         for attempt in claim.attempts:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import httpx
 
 from tests.cards import luhn_card
 from tests.conftest import random_pan, unique_name
-from tests.harness import Provider, remember, wait_until
+from tests.harness import Provider, make_overdue, remember, wait_until
 from tests.receiver import Receiver
 from tests.test_webhooks import FAST_WEBHOOKS
 
@@ -41,9 +41,7 @@ def test_kill_9_with_undelivered_events(
     uuids = [provider.generate(10 + i) for i in range(len(cards) + 1)]
     for uuid, card in zip(uuids, cards, strict=False):
         provider.claim(uuid, card)
-    db.claims.update_one(
-        {"_id": uuids[-1]}, {"$set": {"expires_at": datetime.now() - timedelta(days=1)}}
-    )
+    make_overdue(db, uuids[-1])
     wait_until(
         lambda: (
             db.claims.count_documents({"_id": {"$in": uuids}, "status": {"$in": TERMINAL}})
@@ -60,7 +58,7 @@ def test_kill_9_with_undelivered_events(
     # The crash window between a claim's final update and its event: recreate it for two.
     for uuid in uuids[:2]:
         db.events.delete_one({"claim": uuid})
-        db.claims.update_one({"_id": uuid}, {"$set": {"notify": True}})
+        db.claims.update_one({"_id": uuid}, {"$set": {"next_at": datetime.now(UTC)}})
     first.kill()
     assert not any(delivered_ids(receiver, path).values())
 
@@ -74,7 +72,7 @@ def test_kill_9_with_undelivered_events(
     assert all(n == 1 for n in delivered_ids(receiver, path).values())
     for uuid in uuids:
         assert db.events.count_documents({"claim": uuid}) == 1, "exactly one event per claim"
-    assert db.claims.count_documents({"notify": True}) == 0
+    assert db.claims.count_documents({"status": {"$in": TERMINAL}, "next_at": {"$ne": None}}) == 0
     ids = {c.webhook_id for c in receiver.calls_to(path)}
     assert ids == {"evt_" + u.replace("-", "") for u in uuids}
     assert all(c.verified_by == (0,) for c in receiver.calls_to(path))

@@ -13,7 +13,14 @@ from jsonschema import Draft202012Validator
 from server.validation import SCHEMA_DIR
 from tests.cards import luhn_card
 from tests.conftest import random_pan
-from tests.harness import FAST_RECONCILE, Provider, ServerProcess, remember, wait_until
+from tests.harness import (
+    FAST_RECONCILE,
+    Provider,
+    ServerProcess,
+    make_overdue,
+    remember,
+    wait_until,
+)
 from tests.receiver import Call, Receiver
 
 FAST_WEBHOOKS = {
@@ -71,9 +78,7 @@ def test_every_outcome_is_signed_and_matches_the_claim(
     if last4:
         provider.claim(uuid, luhn_card(last4))
     else:
-        mongo[hook_server.env["CASHOUT_DB_NAME"]].claims.update_one(
-            {"_id": uuid}, {"$set": {"expires_at": datetime.now() - timedelta(days=1)}}
-        )
+        make_overdue(mongo[hook_server.env["CASHOUT_DB_NAME"]], uuid)
     claim = provider.wait(uuid, status)
 
     (call,) = wait_calls(receiver, path, 1)

@@ -8,6 +8,7 @@ document layout is written once (``codecs.py``), and outages surface as
 
 from server.store.base import Duplicate
 from server.store.database import Store
+from server.store.outbox import Recorded
 from server.store.sealed import SealedField
 
-__all__ = ["Duplicate", "SealedField", "Store"]
+__all__ = ["Duplicate", "Recorded", "SealedField", "Store"]

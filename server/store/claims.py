@@ -4,14 +4,15 @@ update."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING
+from pymongo import ASCENDING, UpdateOne
 from pymongo.errors import BulkWriteError, OperationFailure
 
-from server.lifecycle import MAX_ATTEMPTS, Transition
+from server.lifecycle import MAX_ATTEMPTS, NOTIFIED, Transition
 from server.models import AttemptOutcome, Claim, ClaimStatus, PageRequest
 from server.store.base import (
     DUPLICATE_KEY,
@@ -25,6 +26,10 @@ from server.store.base import (
 from server.store.codecs import attempt_doc, claim_doc, claim_from_doc, sealed_doc
 
 OPEN_OUTCOMES = [str(AttemptOutcome.IN_FLIGHT), str(AttemptOutcome.UNKNOWN)]
+
+
+def new_op() -> str:
+    return secrets.token_hex(8)
 
 
 def transition_query(t: Transition) -> Doc:
@@ -46,12 +51,11 @@ def transition_query(t: Transition) -> Doc:
     return query
 
 
-def transition_update(t: Transition) -> Doc:
-    """The set of the compare-and-set."""
-    changes: Doc = {"status": str(t.target)}
+def transition_update(t: Transition, op: str) -> Doc:
+    """The set of the compare-and-set. ``op`` marks the write so that a batch of them can
+    tell, reading the claims back, which ones it won."""
+    changes: Doc = {"status": str(t.target), "next_at": t.next_at, "op": op}
     update: Doc = {"$set": changes}
-    if t.source is ClaimStatus.PROCESSING or t.lease_until is not None:
-        changes["lease_until"] = t.lease_until
     d = t.decision
     if d is not None and t.guard.open_attempt is not None:
         at = f"attempts.{t.guard.open_attempt[0]}"
@@ -75,11 +79,12 @@ def transition_update(t: Transition) -> Doc:
         changes["card.last4"] = t.begin.card_last4
     if t.terminal:
         changes["completed_at"] = t.at
-    if t.notifies:
-        changes["notify"] = True  # the outbox event is owed; cleared once written
     if t.target is not ClaimStatus.PROCESSING:
         update["$unset"] = {"card.pan": ""}  # keep the customer's card no longer than needed
     return update
+
+
+NOTIFIED_STATUSES = [str(s) for s in NOTIFIED]
 
 
 @speaks_our_errors
@@ -133,8 +138,28 @@ class ClaimStore:
     async def apply(self, t: Transition) -> Claim | None:
         """Change a claim's status as ``t`` says, only if it is still as ``t`` expects;
         None when it is not (someone else changed it first, or it never matched)."""
-        doc = await cas(self.coll, transition_query(t), transition_update(t))
+        op = new_op()
+        doc = await cas(self.coll, transition_query(t), transition_update(t, op))
         return claim_from_doc(doc) if doc else None
+
+    async def apply_many(self, ts: Sequence[Transition]) -> list[Claim | None]:
+        """``apply`` for many claims in two round trips (group commit): one unordered bulk
+        write, then one read of every claim. A claim whose ``op`` is the one its write set
+        was changed by that write; any other was not (or was changed again since, which
+        reads as "not": never a false win)."""
+        if not ts:
+            return []
+        ops = [new_op() for _ in ts]
+        writes = [
+            UpdateOne(transition_query(t), transition_update(t, op))
+            for t, op in zip(ts, ops, strict=True)
+        ]
+        await self.coll.bulk_write(writes, ordered=False)
+        found = {d["_id"]: d async for d in self.coll.find({"_id": {"$in": [t.uuid for t in ts]}})}
+        return [
+            claim_from_doc(doc) if (doc := found.get(t.uuid)) and doc.get("op") == op else None
+            for t, op in zip(ts, ops, strict=True)
+        ]
 
     # -- leases on processing claims -----------------------------------------------------
 
@@ -143,54 +168,60 @@ class ClaimStore:
     ) -> list[Claim]:
         """Processing claims whose lease ran out; with ``include_unknown`` also those whose
         attempt already came back unknown (an operator asking to settle them now)."""
-        query: Doc = {"status": str(ClaimStatus.PROCESSING), "lease_until": {"$lte": now}}
+        processing = {"status": str(ClaimStatus.PROCESSING)}
+        query: Doc = {**processing, "next_at": {"$lte": now}}
         if include_unknown:
-            query = {
-                "status": str(ClaimStatus.PROCESSING),
-                "$or": [
-                    {"lease_until": {"$lte": now}},
-                    {"attempts.outcome": str(AttemptOutcome.UNKNOWN)},
-                ],
-            }
-        cursor = self.coll.find(query).sort("lease_until", ASCENDING).limit(limit)
-        return [claim_from_doc(d) async for d in cursor]
+            query = processing
+        cursor = self.coll.find(query).sort("next_at", ASCENDING).limit(limit)
+        claims = [claim_from_doc(d) async for d in cursor]
+        if include_unknown:
+            claims = [
+                c
+                for c in claims
+                if (c.next_at is not None and c.next_at <= now)
+                or any(a.outcome is AttemptOutcome.UNKNOWN for a in c.attempts)
+            ]
+        return claims
 
     async def take_lease(self, claim: Claim, until: datetime) -> Claim | None:
         """Compare-and-set the claim's lease, so one process at a time settles it."""
-        doc = await cas(self.coll, self._lease_query(claim), {"$set": {"lease_until": until}})
+        doc = await cas(self.coll, self._lease_query(claim), {"$set": {"next_at": until}})
         return claim_from_doc(doc) if doc else None
 
-    async def renew_lease(self, claim: Claim, until: datetime) -> bool:
-        """``take_lease`` in one round trip, for a live call about to send its attempt:
-        whether no one took the lease since ``claim`` was read."""
+    async def renew_lease(self, uuid: str, held: datetime, until: datetime) -> bool:
+        """Extend a lease this process holds (``held`` is its current end) to ``until``;
+        False when someone took it (or the claim was settled) since."""
         result = await self.coll.update_one(
-            self._lease_query(claim), {"$set": {"lease_until": until}}
+            {"_id": uuid, "status": str(ClaimStatus.PROCESSING), "next_at": held},
+            {"$set": {"next_at": until}},
         )
         return result.matched_count == 1
 
     @staticmethod
     def _lease_query(claim: Claim) -> dict[str, Any]:
-        return {
-            "_id": claim.uuid,
-            "status": str(ClaimStatus.PROCESSING),
-            "lease_until": claim.lease_until,
-        }
+        return {"_id": claim.uuid, "status": str(ClaimStatus.PROCESSING), "next_at": claim.next_at}
 
     async def overdue_pending(self, now: datetime, limit: int) -> list[str]:
         cursor = (
             self.coll.find(
-                {"status": str(ClaimStatus.PENDING), "expires_at": {"$lte": now}}, {"_id": 1}
+                {"status": str(ClaimStatus.PENDING), "next_at": {"$lte": now}}, {"_id": 1}
             )
-            .sort("expires_at", ASCENDING)
+            .sort("next_at", ASCENDING)
             .limit(limit)
         )
         return [d["_id"] async for d in cursor]
 
     # -- the outbox's first half -----------------------------------------------------------
 
-    async def owed_an_event(self, limit: int) -> list[Claim]:
-        cursor = self.coll.find({"notify": True}).limit(limit)
-        return [claim_from_doc(d) async for d in cursor]
+    async def owed_an_event(self, now: datetime, limit: int) -> list[Claim]:
+        """Finished claims whose webhook event is overdue (its writer crashed, say)."""
+        cursor = self.coll.find({"status": {"$in": NOTIFIED_STATUSES}, "next_at": {"$lte": now}})
+        return [claim_from_doc(d) async for d in cursor.limit(limit)]
 
-    async def event_written(self, claim_uuid: str) -> None:
-        await self.coll.update_one({"_id": claim_uuid}, {"$unset": {"notify": ""}})
+    async def events_written(self, claim_uuids: Sequence[str]) -> None:
+        """The claims' events are in the outbox: nothing more is owed (one round trip)."""
+        if claim_uuids:
+            await self.coll.update_many(
+                {"_id": {"$in": list(claim_uuids)}, "status": {"$in": NOTIFIED_STATUSES}},
+                {"$set": {"next_at": None}},
+            )

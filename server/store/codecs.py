@@ -132,6 +132,7 @@ def claim_doc(c: Claim) -> dict[str, Any]:
         "expires_at": c.expires_at,
         "day": c.day,
         "attempts": [],
+        "next_at": c.expires_at,
     }
 
 
@@ -153,7 +154,7 @@ def claim_from_doc(doc: Mapping[str, Any]) -> Claim:
         response_code=doc.get("response_code"),
         response_message=doc.get("response_message"),
         reference=doc.get("reference"),
-        lease_until=opt_dt(doc.get("lease_until")),
+        next_at=opt_dt(doc.get("next_at")),
         attempts=tuple(attempt_from_doc(a) for a in doc.get("attempts", ())),
     )
 
@@ -176,7 +177,7 @@ def event_doc(e: WebhookEvent) -> dict[str, Any]:
         "next_attempt_at": e.next_attempt_at,
         "tries": e.tries,
         "attempts": [],
-        "lease_until": e.created_at,
+        "lease_until": e.lease_until or e.created_at,
     }
 
 

@@ -50,6 +50,14 @@ class Store:
             return False
 
     async def create_indexes(self) -> None:
+        """The indexes of ``INDEXES``, and no others of ours: an index an older version made
+        and this one no longer queries by would only slow every write down."""
+        wanted = {(c, o["name"]) for c, _, o in INDEXES}
+        for collection in {c for c, _ in wanted}:
+            async for index in await self.db[collection].list_indexes():
+                name = index["name"]
+                if name != "_id_" and (collection, name) not in wanted:
+                    await self.db[collection].drop_index(name)
         for collection, keys, options in INDEXES:
             await self.db[collection].create_index(keys, **options)
 
@@ -64,7 +72,7 @@ class Store:
             s.value: await claims.count_documents({"status": s.value}) for s in ClaimStatus
         }
         backlog = await claims.count_documents(
-            {"status": str(ClaimStatus.PROCESSING), "lease_until": {"$lte": now}}
+            {"status": str(ClaimStatus.PROCESSING), "next_at": {"$lte": now}}
         )
         oldest = await self.events.oldest_pending()
         lag = (now - as_utc(oldest)).total_seconds() if oldest else 0.0

@@ -29,16 +29,12 @@ INDEXES: tuple[tuple[str, list[tuple[str, int]], dict[str, Any]], ...] = (
         ],
         {"name": "provider_status_newest"},
     ),
-    ("claims", [("status", ASCENDING), ("expires_at", ASCENDING)], {"name": "status_expiry"}),
-    ("claims", [("status", ASCENDING), ("lease_until", ASCENDING)], {"name": "status_lease"}),
-    ("claims", [("notify", ASCENDING)], {"name": "notify"}),
-    (
-        "claims",
-        [("status", ASCENDING), ("attempts.outcome", ASCENDING)],
-        {"name": "status_attempt_outcome"},
-    ),
+    # One index for everything the service must do next to a claim (lifecycle.Transition.
+    # next_at): expire it (pending), reconcile it (processing), write its webhook event
+    # (finished). SecantusDB rewrites every index of a document on each update, so each
+    # index on claims costs every write on the pay path: keep them few.
+    ("claims", [("status", ASCENDING), ("next_at", ASCENDING)], {"name": "status_next"}),
     ("events", [("status", ASCENDING), ("next_attempt_at", ASCENDING)], {"name": "due"}),
-    ("events", [("status", ASCENDING), ("created_at", ASCENDING)], {"name": "oldest"}),
     (
         "events",
         [("provider", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],

@@ -3,17 +3,45 @@ claim, so a second insert of a claim's event is refused)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING
-from pymongo.errors import DuplicateKeyError
+from pymongo import ASCENDING, UpdateOne
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from server.models import Delivery, EventStatus, PageRequest, WebhookEvent
-from server.store.base import Coll, cas, newest_first, speaks_our_errors
+from server.store.base import DUPLICATE_KEY, Coll, cas, newest_first, speaks_our_errors
 from server.store.codecs import delivery_doc, event_doc, event_from_doc
 
 PENDING = str(EventStatus.PENDING)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One delivery attempt to write to the event's log, and what it makes of the event."""
+
+    event: WebhookEvent
+    attempt: Delivery
+    status: EventStatus
+    next_attempt_at: datetime | None
+
+
+def _record_update(r: Recorded) -> UpdateOne:
+    """Append the attempt and move the event on, only while its lease is still ours."""
+    changes: dict[str, Any] = {
+        "status": str(r.status),
+        "next_attempt_at": r.next_attempt_at,
+        "tries": r.event.tries + 1,
+        "lease_until": r.attempt.at,
+    }
+    if r.status is EventStatus.DELIVERED:
+        changes["delivered_at"] = r.attempt.at
+    return UpdateOne(
+        {"_id": r.event.event_id, "lease_until": r.event.lease_until},
+        {"$set": changes, "$push": {"attempts": delivery_doc(r.attempt)}},
+    )
 
 
 @speaks_our_errors
@@ -28,6 +56,23 @@ class EventStore:
         except DuplicateKeyError:
             return False
         return True
+
+    async def insert_many(self, events: Sequence[WebhookEvent]) -> list[bool]:
+        """``insert`` for many events in one round trip: per event, whether this call wrote
+        it (False: it existed already)."""
+        if not events:
+            return []
+        try:
+            await self.coll.insert_many([event_doc(e) for e in events], ordered=False)
+        except BulkWriteError as exc:
+            if exc.details.get("writeConcernErrors"):
+                raise
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            refused = {e["index"] for e in errors}
+            return [i not in refused for i in range(len(events))]
+        return [True] * len(events)
 
     async def due(self, now: datetime, limit: int) -> list[tuple[str, str]]:
         """(event id, provider) of pending events whose next attempt is due."""
@@ -52,27 +97,12 @@ class EventStore:
         )
         return event_from_doc(doc) if doc else None
 
-    async def record_delivery(
-        self,
-        event: WebhookEvent,
-        attempt: Delivery,
-        status: EventStatus,
-        next_attempt_at: datetime | None,
-    ) -> bool:
-        """Append the attempt and move the event on, only while we still hold its lease."""
-        changes: dict[str, Any] = {
-            "status": str(status),
-            "next_attempt_at": next_attempt_at,
-            "tries": event.tries + 1,
-            "lease_until": attempt.at,
-        }
-        if status is EventStatus.DELIVERED:
-            changes["delivered_at"] = attempt.at
-        result = await self.coll.update_one(
-            {"_id": event.event_id, "lease_until": event.lease_until},
-            {"$set": changes, "$push": {"attempts": delivery_doc(attempt)}},
-        )
-        return result.modified_count == 1
+    async def record_many(self, records: Sequence[Recorded]) -> int:
+        """Write many delivery attempts in one round trip; how many were still ours."""
+        if not records:
+            return 0
+        result = await self.coll.bulk_write([_record_update(r) for r in records], ordered=False)
+        return result.modified_count
 
     async def get(self, provider: str, event_id: str) -> WebhookEvent | None:
         doc = await self.coll.find_one({"_id": event_id, "provider": provider})
@@ -122,5 +152,8 @@ class EventStore:
         return {s.value: await self.coll.count_documents({"status": s.value}) for s in EventStatus}
 
     async def oldest_pending(self) -> datetime | None:
-        oldest = await self.coll.find_one({"status": PENDING}, sort=[("created_at", ASCENDING)])
-        return oldest["created_at"] if oldest else None
+        """Creation time of the oldest undelivered event (pending events are few: read
+        through the ``due`` index and compared here rather than kept in another index)."""
+        cursor = self.coll.find({"status": PENDING}, {"created_at": 1})
+        times = [d["created_at"] async for d in cursor]
+        return min(times) if times else None

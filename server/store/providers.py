@@ -28,6 +28,12 @@ class ProviderStore:
         doc = await self.coll.find_one({"_id": name})
         return provider_from_doc(doc) if doc else None
 
+    async def by_names(self, names: Sequence[str]) -> dict[str, Provider]:
+        """The providers of these names, in one round trip."""
+        wanted = list(dict.fromkeys(names))
+        query = {"_id": wanted[0] if len(wanted) == 1 else {"$in": wanted}}
+        return {doc["_id"]: provider_from_doc(doc) async for doc in self.coll.find(query)}
+
     async def by_key_hashes(self, key_hashes: Sequence[str]) -> dict[str, Provider]:
         """The providers owning any of these key hashes, in one round trip."""
         wanted = list(dict.fromkeys(key_hashes))
