@@ -158,6 +158,18 @@ def screenshot(page: Page, path: Path, width: int | None = None) -> None:
     page.set_viewport_size(viewport)
 
 
+def amounts_on_one_line(page: Page) -> None:
+    """Every amount is drawn on one line: the currency never parts from its number, and
+    neither is split (an inline box broken across lines has rectangles on several lines;
+    on one line it may have one per direction run)."""
+    lines = page.evaluate(
+        "() => [...document.querySelectorAll('.money')].map((e) => [e.textContent,"
+        " new Set([...e.getClientRects()].map((r) => Math.round(r.top))).size])"
+    )
+    split = [text for text, tops in lines if tops != 1]
+    assert not split, f"amounts split across lines: {split}"
+
+
 def no_horizontal_scroll(page: Page, width: int) -> None:
     scroll = page.evaluate("document.documentElement.scrollWidth")
     assert scroll <= width, f"page is {scroll}px wide on a {width}px screen"

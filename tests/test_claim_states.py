@@ -26,6 +26,7 @@ from tests.axe import check_accessibility
 from tests.browsing import (
     ARABIC_INDIC,
     PageProvider,
+    amounts_on_one_line,
     enter_card,
     focus_is_visible,
     grouped,
@@ -161,6 +162,7 @@ class Tour:
         expect(page.locator("html")).to_have_attribute("dir", "rtl" if lang == "ar" else "ltr")
         expect(page.locator("h1")).to_have_count(1)
         no_horizontal_scroll(page, 360)
+        amounts_on_one_line(page)
         for width in WIDTHS:  # before anything takes the focus
             screenshot(page, self.shots / f"{label}-{width}.png", width)
         help_box = page.locator(".support")
@@ -330,6 +332,7 @@ def test_pages_at_large_text_sizes(
         )
         assert base == pytest.approx(18 * percent / 100), "the text size setting took effect"
         no_horizontal_scroll(page, 360)
+        amounts_on_one_line(page)
         field = page.locator("#pan").bounding_box()
         assert field and field["x"] >= 0 and field["x"] + field["width"] <= 360
         pan = random_pan(length=19)
@@ -337,11 +340,13 @@ def test_pages_at_large_text_sizes(
         text_size(page, percent)  # a form's answer is a new document: set again
         assert page.evaluate("parseFloat(getComputedStyle(document.body).fontSize)") == base
         no_horizontal_scroll(page, 360)
+        amounts_on_one_line(page)
         screenshot(page, shots / f"text{percent}-{lang}-confirm.png")
         for state in ("receipt", "failed-51", "expired"):
             page.goto(finished[state])
             text_size(page, percent)
             no_horizontal_scroll(page, 360)
+            amounts_on_one_line(page)
             widths = page.locator("dl.summary").evaluate("""(dl) => {
                 const list = dl.getBoundingClientRect().width;
                 return [list, ...[...dl.querySelectorAll('dd')].map(
