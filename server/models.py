@@ -75,6 +75,10 @@ class Provider:
     secrets: tuple[WebhookSecret, ...]
     created_at: datetime
     updated_at: datetime
+    # What its customers see on a claim page: a name they know (the slug when unset) and
+    # where to ask for help.
+    display_name: str | None = None
+    support: str | None = None
 
 
 class AttemptOutcome(enum.StrEnum):

@@ -122,6 +122,8 @@ class ProviderService:
             secrets=(sealed_secret,),
             created_at=now,
             updated_at=now,
+            display_name=_text(body.get("display_name")),
+            support=_text(body.get("support")),
         )
         try:
             await self.store.providers.insert(provider)
@@ -169,8 +171,9 @@ class ProviderService:
             validation.check_card(body)
             await self._verify(body)
             card = self._seal_card(provider.name, body["pan"], body["expDate"], body["ipin"])
+        texts = {f: _text(body[f]) for f in ("display_name", "support") if f in body}
         updated = await self.store.providers.update(
-            provider.name, updated_at=utcnow(), endpoint=endpoint, card=card
+            provider.name, updated_at=utcnow(), endpoint=endpoint, card=card, texts=texts
         )
         if updated is None:
             raise not_found("No such provider.")
@@ -208,6 +211,13 @@ class ProviderService:
         if updated is None:
             raise not_found("No such provider.")
         return Credentials(api_key=api_key, webhook_secret=secret), updated
+
+
+def _text(value: str | None) -> str | None:
+    """A display name or support contact as shown: trimmed; ``None`` (or blank) for none."""
+    if value is None:
+        return None
+    return value.strip() or None
 
 
 def _exists(name: str) -> ApiError:

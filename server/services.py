@@ -14,6 +14,7 @@ from server import metrics
 from server.background import InFlight
 from server.claims import ClaimService
 from server.crypto import KeyRing, load_or_create_key_file
+from server.customer import CustomerService
 from server.health import Health
 from server.http_client import TornadoHttpClient
 from server.payouts import PayoutEngine
@@ -37,6 +38,7 @@ class Services:
     payouts: PayoutEngine
     webhooks: WebhookSender
     health: Health
+    customers: CustomerService  # what the customer's claim page shows and asks
     inflight: InFlight = field(default_factory=InFlight)
 
     @classmethod
@@ -58,6 +60,7 @@ class Services:
             payouts,
             webhooks,
             Health(store, gateway),
+            CustomerService(store, keys, payouts),
         )
 
     @classmethod

@@ -194,9 +194,26 @@ def _check_text(value: Any, path: str) -> None:
             raise invalid(path or "(body)", "must not contain control characters")
 
 
+# Phones in Sudan type Arabic-Indic digits (U+0660-0669) in Arabic mode, some Persian ones
+# (U+06F0-06F9): the same digits, so they count as 0-9.
+_WESTERN_DIGITS = str.maketrans(
+    {chr(base + i): str(i) for base in (0x0660, 0x06F0) for i in range(10)}
+)
+# Spaces and dashes people type, and the invisible direction marks that text copied from a
+# right-to-left message carries along (LRM, RLM, ALM, embeddings and isolates).
+_CARD_SEPARATORS = re.compile(r"[\s\-\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]")
+
+
+def card_digits(text: str) -> str:
+    """A typed card number without separators, Arabic-Indic and Persian digits read as 0-9
+    (anything else is left in, for the caller to refuse)."""
+    return _CARD_SEPARATORS.sub("", text).translate(_WESTERN_DIGITS)
+
+
 def normalise_pan(text: str) -> str | None:
-    """Digits of a card typed by a person (spaces and dashes allowed), or None if invalid."""
-    digits = re.sub(r"[\s-]", "", text)
+    """Digits of a card typed by a person (spaces and dashes allowed, in Western,
+    Arabic-Indic or Persian digits), or None if invalid."""
+    digits = card_digits(text)
     if not digits.isascii() or not digits.isdigit() or len(digits) not in (16, 19):
         return None
     return digits if luhn_ok(digits) else None

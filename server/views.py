@@ -95,6 +95,8 @@ def provider_view(p: Provider) -> dict[str, Any]:
     """What the provider may see of itself: nothing secret, the card masked."""
     return {
         "name": p.name,
+        "display_name": p.display_name,
+        "support": p.support,
         "endpoint": p.endpoint,
         "card": masked(p.card.last4),
         "created_at": rfc3339(p.created_at),

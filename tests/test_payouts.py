@@ -153,12 +153,26 @@ def test_form_without_xsrf_token_is_refused(provider: Provider) -> None:
     assert provider.status(uuid)["status"] == "pending"
 
 
+def _sealed_card(client: httpx.Client, path: str, token: str, card: str) -> str:
+    """The check step of the form: the card comes back sealed for the Confirm button."""
+    page = client.post(path, data={"pan": card, "_xsrf": token})
+    assert page.status_code == 200, page.status_code
+    sealed = re.search(r'name="card" value="([^"]+)"', page.text)
+    assert sealed, "the check page carries the sealed card"
+    return sealed.group(1)
+
+
 def test_a_hundred_concurrent_submissions_pay_once(provider: Provider) -> None:
+    """Fifty apps on the JSON route and fifty customers pressing Confirm, all at once."""
     uuid = provider.generate(500)
     path = f"/cashout/claim/{provider.name}/{uuid}"
     cookie, token = _xsrf(provider.client, path)
     cards = [random_pan() for _ in range(100)]
     remember(*cards)
+    sealed = {
+        i: _sealed_card(provider.client, path, token, c) for i, c in enumerate(cards) if not i % 2
+    }
+    assert provider.status(uuid)["status"] == "pending"  # the check step claims nothing
     before = provider.ledger.balance(provider.pan)
 
     async def burst() -> list[httpx.Response]:
@@ -177,7 +191,8 @@ def test_a_hundred_concurrent_submissions_pay_once(provider: Provider) -> None:
                         )
                     )
                 else:
-                    calls.append(client.post(path, data={"pan": card, "_xsrf": token}))
+                    form = {"action": "confirm", "card": sealed[i], "_xsrf": token}
+                    calls.append(client.post(path, data=form))
             return list(await asyncio.gather(*calls))
 
     responses = asyncio.run(burst())

@@ -64,6 +64,8 @@ def provider_doc(p: Provider) -> dict[str, Any]:
         "secrets": secrets_doc(p.secrets),
         "created_at": p.created_at,
         "updated_at": p.updated_at,
+        "display_name": p.display_name,
+        "support": p.support,
     }
 
 
@@ -90,6 +92,8 @@ def provider_from_doc(doc: Mapping[str, Any]) -> Provider:
         ),
         created_at=as_utc(doc["created_at"]),
         updated_at=as_utc(doc["updated_at"]),
+        display_name=doc.get("display_name"),
+        support=doc.get("support"),
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -49,8 +49,13 @@ class ProviderStore:
         card: SealedCard | None = None,
         key_hash: str | None = None,
         secrets: tuple[WebhookSecret, ...] | None = None,
+        texts: Mapping[str, str | None] | None = None,
     ) -> Provider | None:
+        """``texts``: ``display_name`` and ``support`` to set (``None`` removes one)."""
         changes: dict[str, Any] = {"updated_at": updated_at}
+        for field in ("display_name", "support"):
+            if texts is not None and field in texts:
+                changes[field] = texts[field]
         if endpoint is not None:
             changes["endpoint"] = endpoint
         if card is not None:
