@@ -65,6 +65,8 @@ class PageHandler(BaseHandler):
 
 
 class ClaimPageHandler(PageHandler):
+    address_limits = ("claim",)
+
     async def get(self, name: str, uuid: str) -> None:
         claim = await self.services.payouts.customer_claim(name, uuid)
         if claim is None:
@@ -114,6 +116,8 @@ class ClaimPageHandler(PageHandler):
 
 class ClaimApiHandler(ApiHandler):
     """``POST /cashout/claim/{name}`` for apps that draw their own form (noebs-compatible)."""
+
+    address_limits = ("claim",)
 
     async def post(self, name: str) -> None:
         body = validation.check("claim", self.json_body())

@@ -18,6 +18,7 @@ from server.health import Health
 from server.http_client import TornadoHttpClient
 from server.payouts import PayoutEngine
 from server.providers import ProviderService
+from server.ratelimit import RateLimits
 from server.settings import Settings
 from server.store import Store
 from server.transitions import Transitions
@@ -38,6 +39,10 @@ class Services:
     webhooks: WebhookSender
     health: Health
     inflight: InFlight = field(default_factory=InFlight)
+    limits: RateLimits = field(init=False)  # per process, from the settings
+
+    def __post_init__(self) -> None:
+        self.limits = RateLimits(self.settings)
 
     @classmethod
     def build(cls, settings: Settings, store: Store, keys: KeyRing, gateway: Gateway) -> Services:
