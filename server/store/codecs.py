@@ -64,6 +64,20 @@ def provider_doc(p: Provider) -> dict[str, Any]:
         "secrets": secrets_doc(p.secrets),
         "created_at": p.created_at,
         "updated_at": p.updated_at,
+        **endpoint_health_doc(
+            p.endpoint_failing_since, p.endpoint_disabled_at, p.endpoint_disabled_reason
+        ),
+    }
+
+
+def endpoint_health_doc(
+    failing_since: datetime | None, disabled_at: datetime | None, reason: str | None
+) -> dict[str, Any]:
+    """The webhook endpoint's health fields (all None: healthy, as after it is set again)."""
+    return {
+        "endpoint_failing_since": failing_since,
+        "endpoint_disabled_at": disabled_at,
+        "endpoint_disabled_reason": reason,
     }
 
 
@@ -90,6 +104,9 @@ def provider_from_doc(doc: Mapping[str, Any]) -> Provider:
         ),
         created_at=as_utc(doc["created_at"]),
         updated_at=as_utc(doc["updated_at"]),
+        endpoint_failing_since=opt_dt(doc.get("endpoint_failing_since")),
+        endpoint_disabled_at=opt_dt(doc.get("endpoint_disabled_at")),
+        endpoint_disabled_reason=doc.get("endpoint_disabled_reason"),
     )
 
 
