@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from server import metrics
 from server.errors import RateLimited
 
 if TYPE_CHECKING:
@@ -200,7 +199,12 @@ class RateLimits:
 
 
 def enforce(limiter: Limiter, key: str) -> None:
+    """Take a token or raise 429 ``rate_limited`` (with the seconds to wait)."""
     wait = limiter.take(key)
     if wait is not None:
+        # Imported late: the settings checks import this module before the multiprocess
+        # metrics switch is set (prometheus_client decides at its first import).
+        from server import metrics
+
         metrics.RATE_LIMITED.labels(limiter.name).inc()
         raise RateLimited(retry_after(wait))
