@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler
 
-from server.errors import ApiError, Unavailable
+from server.errors import ApiError, RateLimited, Unavailable
+from server.ratelimit import Limiter, bucket_key
 from server.validation import parse_json_object
 
 if TYPE_CHECKING:
@@ -60,14 +61,37 @@ class BaseHandler(RequestHandler):
     """Every handler: security headers, and no stack trace ever reaches a client."""
 
     route = "?"
+    # Per-client-address limits this route takes a token from (names of RateLimits
+    # attributes: "register", "claim", ...), checked before anything else is done.
+    address_limits: tuple[str, ...] = ()
 
     def initialize(self, route: str = "?") -> None:
         self.route = route
         self._counted = False
+        self._retry_after: int | None = None
+        self._client: str | None = None
 
     def prepare(self) -> None:
         self.services.inflight.enter()
         self._counted = True
+        for name in self.address_limits:
+            self.limit_address(name)
+
+    @property
+    def client_address(self) -> str:
+        """Who sent this request: the TCP peer, or, behind a proxy listed in
+        ``CASHOUT_TRUSTED_PROXIES``, the client that proxy names in X-Forwarded-For."""
+        if self._client is None:
+            self._client = self.services.limits.client(
+                self.request.remote_ip or "", self.request.headers.get_list("X-Forwarded-For")
+            )
+        return self._client
+
+    def limit_address(self, name: str) -> None:
+        """Take a token from this client address's bucket of limit ``name``, or 429."""
+        limits = self.services.limits
+        limiter: Limiter = getattr(limits, name)
+        limits.check(limiter, bucket_key(self.client_address))
 
     def on_finish(self) -> None:
         if self._counted:
@@ -81,11 +105,15 @@ class BaseHandler(RequestHandler):
 
     def set_default_headers(self) -> None:
         security_headers(self)
+        if getattr(self, "_retry_after", None) is not None:  # send_error clears headers
+            self.set_header("Retry-After", str(self._retry_after))
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ApiError):
             status_code = exc.status
+        if isinstance(exc, RateLimited):
+            self._retry_after = exc.retry_after
         super().send_error(status_code, **kwargs)
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
@@ -165,9 +193,14 @@ class ApiHandler(BaseHandler):
         return parse_json_object(raw)
 
     async def provider(self, name: str) -> Provider:
-        return await self.services.providers.authenticate(
+        """The provider this key belongs to, within its rate limit (keyed by the provider
+        once authenticated, so no one else can spend a provider's allowance)."""
+        provider = await self.services.providers.authenticate(
             self.request.headers.get("Authorization"), name
         )
+        limits = self.services.limits
+        limits.check(limits.provider, provider.name)
+        return provider
 
 
 class NotFoundHandler(ApiHandler):

@@ -86,6 +86,8 @@ TITLES = {
 
 
 class ClaimPageHandler(PageHandler):
+    address_limits = ("claim",)
+
     async def get(self, name: str, uuid: str) -> None:
         page = await self._load(name, uuid)
         if page is not None:
@@ -262,6 +264,8 @@ class ClaimApiHandler(ApiHandler):
     def set_default_headers(self) -> None:
         super().set_default_headers()
         self.set_header("X-Robots-Tag", "noindex, nofollow")
+
+    address_limits = ("claim",)
 
     async def post(self, name: str) -> None:
         body = validation.check("claim", self.json_body())

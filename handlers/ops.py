@@ -43,6 +43,10 @@ class OpenApiHandler(ApiHandler):
         self.write_json(openapi_document())
 
 
+# Served on CASHOUT_OPS_PORT when it is set (and then not on the public port); the OpenAPI
+# document is for providers and stays public.
+OPERATIONS = frozenset({"/healthz", "/readyz", "/metrics"})
+
 default_handlers: list[Route] = [
     ("/healthz", HealthHandler),
     ("/readyz", ReadyHandler),

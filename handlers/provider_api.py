@@ -8,8 +8,12 @@ from server.views import claim_view, generated_view, provider_view
 
 
 class RegisterHandler(ApiHandler):
+    address_limits = ("register",)
+
     async def post(self) -> None:
-        creds = await self.services.providers.register(self.json_body())
+        body = self.json_body()
+        self.limit_address("card_check")
+        creds = await self.services.providers.register(body)
         self.write_json(
             {"result": "ok", "api_key": creds.api_key, "webhook_secret": creds.webhook_secret}
         )
@@ -66,7 +70,10 @@ class ProfileHandler(ApiHandler):
 
     async def post(self, name: str) -> None:
         provider = await self.provider(name)
-        updated = await self.services.providers.update_profile(provider, self.json_body())
+        body = self.json_body()
+        if "pan" in body:
+            self.limit_address("card_check")
+        updated = await self.services.providers.update_profile(provider, body)
         self.write_json({"result": "ok", **provider_view(updated)})
 
 

@@ -19,9 +19,13 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 HANDLER_MODULES = (provider_api, claim_pages, webhooks_api, ops)
 
 
-def routes() -> list[Route]:
-    """Every route of the service, as the handler modules declare them."""
-    return [route for module in HANDLER_MODULES for route in module.default_handlers]
+def routes(operations: bool = True) -> list[Route]:
+    """Every route of the service, as the handler modules declare them; without the
+    operations endpoints (``ops.OPERATIONS``) when they are served on a port of their own."""
+    found = [route for module in HANDLER_MODULES for route in module.default_handlers]
+    if not operations:
+        found = [r for r in found if r[0] not in ops.OPERATIONS]
+    return found
 
 
 def _pattern(template: str) -> str:
@@ -29,8 +33,14 @@ def _pattern(template: str) -> str:
     return re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template) + "$"
 
 
-def make_app(services: Services, **extra: Any) -> tornado.web.Application:
-    handlers = [tornado.web.url(_pattern(t), h, {"route": t}) for t, h in routes()]
+def make_app(
+    services: Services, *, only: list[Route] | None = None, **extra: Any
+) -> tornado.web.Application:
+    """The public application; ``only``: an application with just these routes (the
+    operations port's). With ``CASHOUT_OPS_PORT`` set the public one leaves them out."""
+    if only is None:
+        only = routes(operations=services.settings.ops_port is None)
+    handlers = [tornado.web.url(_pattern(t), h, {"route": t}) for t, h in only]
     tornado.locale.load_translations(str(TEMPLATES / "locale"))
     tornado.locale.set_default_locale("en_US")
     production = services.settings.production
@@ -49,3 +59,8 @@ def make_app(services: Services, **extra: Any) -> tornado.web.Application:
         compress_response=False,
         **extra,
     )
+
+
+def make_ops_app(services: Services) -> tornado.web.Application:
+    """The operations port: ``/metrics``, ``/healthz``, ``/readyz`` and nothing else."""
+    return make_app(services, only=[r for r in routes() if r[0] in ops.OPERATIONS])

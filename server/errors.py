@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+MAX_DETAILS = 10  # problems listed in one error; the rest are not worth the bytes
+
 
 @dataclass
 class ApiError(Exception):
@@ -20,7 +22,7 @@ class ApiError(Exception):
     def body(self) -> dict[str, object]:
         body: dict[str, object] = {"message": self.message, "code": self.code}
         if self.details:
-            body["details"] = self.details
+            body["details"] = self.details[:MAX_DETAILS]
         return body
 
 
@@ -50,3 +52,17 @@ class Unavailable(ApiError):
 
 def is_unavailable(exc: BaseException | None) -> bool:
     return isinstance(exc, Unavailable)
+
+
+class RateLimited(ApiError):
+    """Over a rate limit: 429 with ``Retry-After`` (whole seconds until a request is let in)."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            429,
+            "rate_limited",
+            f"Too many requests; try again in {retry_after} second"
+            + ("" if retry_after == 1 else "s")
+            + ".",
+        )
+        self.retry_after = retry_after

@@ -15,15 +15,16 @@ import time
 
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
+from tornado.web import Application
 
 from server import logs
-from server.app import make_app
+from server.app import make_app, make_ops_app
 from server.embedded_db import EmbeddedDatabase, die_with_parent
+from server.http_server import bounded_server
 from server.services import Services
 from server.settings import Settings, replace
 
 log = logging.getLogger("cashout")
-HARD_BODY_LIMIT = 2 * 1024 * 1024  # beyond this the connection is dropped unread
 MAX_RESTARTS = 20
 
 
@@ -34,32 +35,47 @@ def init_database(settings: Settings) -> tuple[str, EmbeddedDatabase | None]:
     return db.start(), db
 
 
-def init_http(services: Services) -> tuple[HTTPServer, int]:
-    settings = services.settings
-    server = HTTPServer(
-        make_app(services),
-        max_body_size=max(HARD_BODY_LIMIT, settings.max_body_bytes),
-        idle_connection_timeout=60,
-        body_timeout=30,
+def _listen(app: Application, host: str, port: int, settings: Settings) -> tuple[HTTPServer, int]:
+    """A server for ``app`` on ``host:port``, bodies bounded (``server/http_server.py``)."""
+    server = bounded_server(
+        app, settings.max_body_bytes, idle_connection_timeout=60, body_timeout=30
     )
-    sockets = bind_sockets(settings.port, settings.host, reuse_port=settings.processes > 1)
+    sockets = bind_sockets(port, host, reuse_port=settings.processes > 1)
     server.add_sockets(sockets)
     return server, int(sockets[0].getsockname()[1])
 
 
-async def shutdown(server: HTTPServer, services: Services, timeout: float) -> None:
+def init_http(services: Services) -> tuple[HTTPServer, int]:
+    settings = services.settings
+    return _listen(make_app(services), settings.host, settings.port, settings)
+
+
+def init_ops(services: Services) -> tuple[HTTPServer, int] | None:
+    """The operations port (``CASHOUT_OPS_PORT``), if one is set."""
+    settings = services.settings
+    if settings.ops_port is None:
+        return None
+    return _listen(make_ops_app(services), settings.ops_host, settings.ops_port, settings)
+
+
+async def shutdown(
+    server: HTTPServer, services: Services, timeout: float, *others: HTTPServer
+) -> None:
     """Stop accepting, let requests and transfers in flight finish until ``timeout``; what
     is still open after that is left, safely, to reconciliation."""
     deadline = time.monotonic() + timeout
     server.stop()
+    for other in others:
+        other.stop()
     if not await services.inflight.wait_idle(timeout):
         log.warning("%d requests still running at the shutdown deadline", services.inflight.count)
     await services.payouts.stop(max(0.0, deadline - time.monotonic()))
     await services.webhooks.stop(max(0.0, deadline - time.monotonic()))
-    try:
-        await asyncio.wait_for(server.close_all_connections(), timeout=5)
-    except TimeoutError:
-        log.warning("connections still open after the deadline; closing anyway")
+    for each in (server, *others):
+        try:
+            await asyncio.wait_for(each.close_all_connections(), timeout=5)
+        except TimeoutError:
+            log.warning("connections still open after the deadline; closing anyway")
 
 
 async def serve(settings: Settings) -> None:
@@ -68,6 +84,7 @@ async def serve(settings: Settings) -> None:
     try:
         services = await Services.open(settings, uri)
         server, port = init_http(services)
+        ops = init_ops(services)
         log.info(
             "cashout %s listening on http://%s:%d (gateway %s, database %s, pid %d)",
             settings.env,
@@ -77,6 +94,12 @@ async def serve(settings: Settings) -> None:
             "embedded" if embedded else "external",
             os.getpid(),
         )
+        if ops is not None:
+            log.info(
+                "operations endpoints on http://%s:%d (not on the public port)",
+                settings.ops_host,
+                ops[1],
+            )
         services.payouts.start()
         services.webhooks.start()
         stop = asyncio.Event()
@@ -85,7 +108,7 @@ async def serve(settings: Settings) -> None:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("shutting down (waiting up to %.0fs)", settings.shutdown_timeout)
-        await shutdown(server, services, settings.shutdown_timeout)
+        await shutdown(server, services, settings.shutdown_timeout, *([ops[0]] if ops else []))
     finally:
         if services is not None:
             await services.close()

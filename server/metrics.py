@@ -46,6 +46,18 @@ BATCH_SIZE = Histogram(
     ["batch"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+RATE_LIMITED = Counter(
+    "cashout_rate_limited_total",
+    "Requests refused with 429 by a rate limit (provider, register, card_check, claim, "
+    "webhook_sends)",
+    ["limit"],
+)
+ENDPOINTS_DISABLED = Counter(
+    "cashout_webhook_endpoints_disabled_total",
+    "Webhook endpoints disabled, by reason (gone: answered 410; failing: every delivery failed "
+    "for CASHOUT_WEBHOOK_DISABLE_AFTER)",
+    ["reason"],
+)
 
 
 def observe_batch(name: str, size: int) -> None:

@@ -79,6 +79,15 @@ class Provider:
     # where to ask for help.
     display_name: str | None = None
     support: str | None = None
+    # Webhook endpoint health (docs/DESIGN.md section 12): since when every delivery has
+    # failed (None after a success), and when and why the endpoint was disabled.
+    endpoint_failing_since: datetime | None = None
+    endpoint_disabled_at: datetime | None = None
+    endpoint_disabled_reason: str | None = None
+
+    @property
+    def endpoint_enabled(self) -> bool:
+        return self.endpoint_disabled_at is None
 
 
 class AttemptOutcome(enum.StrEnum):

@@ -177,6 +177,8 @@ class ProviderService:
         )
         if updated is None:
             raise not_found("No such provider.")
+        if endpoint is not None:  # re-enabled: what was held (or waiting) is sent now
+            await self.store.events.release_held(provider.name, utcnow())
         return updated
 
     async def rotate(self, provider: Provider, body: Any) -> tuple[Credentials, Provider]:

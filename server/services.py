@@ -19,6 +19,7 @@ from server.health import Health
 from server.http_client import TornadoHttpClient
 from server.payouts import PayoutEngine
 from server.providers import ProviderService
+from server.ratelimit import RateLimits
 from server.settings import Settings
 from server.store import Store
 from server.transitions import Transitions
@@ -40,6 +41,10 @@ class Services:
     health: Health
     customers: CustomerService  # what the customer's claim page shows and asks
     inflight: InFlight = field(default_factory=InFlight)
+    limits: RateLimits = field(init=False)  # per process, from the settings
+
+    def __post_init__(self) -> None:
+        self.limits = RateLimits(self.settings)
 
     @classmethod
     def build(cls, settings: Settings, store: Store, keys: KeyRing, gateway: Gateway) -> Services:

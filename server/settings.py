@@ -98,6 +98,18 @@ def seconds_list(v: str) -> str | None:
     return "must be comma-separated seconds, e.g. 5,300"
 
 
+def rate_limit(v: str) -> str | None:
+    from server.ratelimit import rate_problem
+
+    return rate_problem(v)
+
+
+def networks(v: str) -> str | None:
+    from server.ratelimit import networks_problem
+
+    return networks_problem(v)
+
+
 def _seconds(text: str) -> list[float]:
     return [float(s) for s in text.split(",") if s.strip()]
 
@@ -168,6 +180,34 @@ class Settings:
     claim_ttl: int = setting(7 * DAY, "default claim lifetime, seconds", at_least(1))
     max_claim_ttl: int = setting(30 * DAY, "largest claim lifetime, seconds", at_least(1))
     max_body_bytes: int = setting(64 * 1024, "largest request body (bigger gets 413)", at_least(1))
+    # What an outsider can make the service spend (README "Limits").
+    trusted_proxies: str = setting(
+        "",
+        "proxies (addresses or networks, comma-separated) whose X-Forwarded-For names the client",
+        networks,
+    )
+    rate_limit_provider: str = setting(
+        "100/s", "requests per provider on API-key routes (count/period, or off)", rate_limit
+    )
+    rate_limit_register: str = setting("10/h", "registrations per client address", rate_limit)
+    rate_limit_card_check: str = setting(
+        "20/h", "card checks (registration, card change) per client address", rate_limit
+    )
+    rate_limit_claim: str = setting(
+        "120/min", "claim pages and JSON claim submissions per client address", rate_limit
+    )
+    rate_limit_webhook_sends: str = setting(
+        "30/h", "test events and redeliveries per provider", rate_limit
+    )
+    webhook_disable_after: float = setting(
+        5 * DAY, "seconds every delivery may fail before the endpoint is disabled", positive
+    )
+    ops_host: str = setting("127.0.0.1", "listen address of the operations port")
+    ops_port: int | None = setting(
+        None,
+        "port for /metrics, /healthz and /readyz, then not served on the public port",
+        tcp_port,
+    )
     log_level: str = setting("info", "debug, info, warning or error", one_of(*LOG_LEVELS))
     log_format: str = setting(
         "text", "text or json (one JSON object per line)", one_of("text", "json")
@@ -381,6 +421,10 @@ def validate(s: Settings) -> list[str]:
         p.append("CASHOUT_DAILY_LIMIT: must be at least CASHOUT_MAX_CLAIM_AMOUNT")
     if s.processes > 1 and s.port == 0:
         p.append("CASHOUT_PORT: several processes need a fixed port to share")
+    if s.ops_port is not None and s.ops_port == s.port and s.port != 0:
+        p.append("CASHOUT_OPS_PORT: must differ from CASHOUT_PORT")
+    if s.processes > 1 and s.ops_port == 0:
+        p.append("CASHOUT_OPS_PORT: several processes need a fixed port to share")
     if s.webhook_per_provider > s.webhook_concurrency:
         p.append("CASHOUT_WEBHOOK_PER_PROVIDER: must not exceed CASHOUT_WEBHOOK_CONCURRENCY")
     cls = s.gateway_class

@@ -6,7 +6,6 @@ never echo a card number or IPIN back into a response or a log.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -21,7 +20,8 @@ from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 
 from gateways.base import luhn_ok
-from server.errors import ApiError, invalid
+from server import ssrf
+from server.errors import MAX_DETAILS, ApiError, invalid
 from server.models import PageRequest, decode_cursor
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
@@ -30,6 +30,11 @@ DEFAULT_PAGE = 20
 MAX_PAGE = 100
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 _DIGIT_RUN = re.compile(r"\d{6,}")
+# Bounds on the shape of any body, checked before its schema so that an absurd body costs
+# little: no schema has more than a handful of fields, nor needs deep nesting.
+MAX_KEYS = 100  # fields in one object
+MAX_VALUES = 10_000  # values in the whole body
+MAX_DEPTH = 16
 _TYPE_WORDS = {
     "integer": "an integer",
     "string": "a string",
@@ -100,7 +105,11 @@ def _problem(error: ValidationError) -> list[dict[str, str]]:
         ]
     if kind == "additionalProperties":
         known = set(schema.get("properties", {}))
-        extra = sorted(k for k in instance if k not in known) if isinstance(instance, dict) else []
+        extra = (
+            sorted(k for k in instance if k not in known)[:MAX_DETAILS]
+            if isinstance(instance, dict)
+            else []
+        )
         return [
             {
                 "field": "/".join(filter(None, [path, _safe_name(k)])),
@@ -137,14 +146,21 @@ def _problem(error: ValidationError) -> list[dict[str, str]]:
 
 
 def check(name: str, body: Any) -> dict[str, Any]:
-    """Validate ``body`` against ``schemas/<name>.json`` or raise 400 invalid_request."""
+    """Validate ``body`` against ``schemas/<name>.json`` or raise 400 invalid_request, with
+    at most ``MAX_DETAILS`` problems listed (the first ones by field)."""
     errors = sorted(validator(name).iter_errors(body), key=lambda e: list(e.absolute_path))
     if errors:
         details: list[dict[str, str]] = []
+        seen: set[tuple[str, str]] = set()
         for error in errors:
             for item in _problem(error):
-                if item not in details:
+                key = (item["field"], item["problem"])
+                if key not in seen:
+                    seen.add(key)
                     details.append(item)
+            if len(details) >= MAX_DETAILS:
+                break
+        details = details[:MAX_DETAILS]
         summary = "; ".join(f"{d['field']} {d['problem']}" for d in details[:5])
         raise ApiError(400, "invalid_request", f"The request is not valid: {summary}", details)
     assert isinstance(body, dict)
@@ -175,23 +191,53 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0 and C1 control characters
 
 
-def _check_text(value: Any, path: str) -> None:
+def _too_big(problem: str) -> ApiError:
+    return ApiError(
+        400,
+        "invalid_request",
+        f"The request is not valid: (body) {problem}",
+        [{"field": "(body)", "problem": problem}],
+    )
+
+
+def _check_text(body: Any, path: str) -> None:
     """No text the database cannot store (lone surrogates) or that could break a line,
-    a URL or a log (control characters), anywhere in a body, keys included."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _check_text(key, path or "(body)")
-            _check_text(item, f"{path}/{_safe_name(key)}".lstrip("/"))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_text(item, f"{path}/{i}".lstrip("/"))
-    elif isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise invalid(path or "(body)", "is not valid Unicode text") from None
-        if _CONTROL.search(value):
-            raise invalid(path or "(body)", "must not contain control characters")
+    a URL or a log (control characters), anywhere in a body, keys included; and no body
+    wider, bigger or deeper than any request needs (``MAX_KEYS``, ``MAX_VALUES``,
+    ``MAX_DEPTH``), refused before anything else looks at it."""
+    todo: list[tuple[Any, str, int]] = [(body, path, 0)]
+    seen = 0
+    while todo:
+        value, where, depth = todo.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise _too_big(f"holds more than {MAX_VALUES} values")
+        if depth > MAX_DEPTH:
+            raise _too_big(f"is nested more than {MAX_DEPTH} levels deep")
+        if isinstance(value, dict):
+            if len(value) > MAX_KEYS:
+                raise _too_big(f"has more than {MAX_KEYS} fields in one object")
+            children = []
+            for key, item in value.items():
+                _check_string(key, where or "(body)")
+                children.append((item, f"{where}/{_safe_name(key)}".lstrip("/"), depth + 1))
+            todo.extend(reversed(children))  # in the body's order, first problem first
+        elif isinstance(value, list):
+            todo.extend(
+                (item, f"{where}/{i}".lstrip("/"), depth + 1)
+                for i, item in reversed(list(enumerate(value)))
+            )
+        elif isinstance(value, str):
+            _check_string(value, where or "(body)")
+
+
+def _check_string(value: str, where: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise invalid(where, "is not valid Unicode text") from None
+    if _CONTROL.search(value):
+        raise invalid(where, "must not contain control characters")
 
 
 # Phones in Sudan type Arabic-Indic digits (U+0660-0669) in Arabic mode, some Persian ones
@@ -264,17 +310,10 @@ def check_endpoint(url: str, production: bool) -> str:
     if production:
         if parts.scheme != "https":
             raise bad("must use https")
-        if host == "localhost" or host.endswith(".localhost") or _is_internal_ip(host):
-            raise bad("must be a public address")
+        problem = ssrf.host_problem(host)
+        if problem:
+            raise bad(problem)
     return url
-
-
-def _is_internal_ip(host: str) -> bool:
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return not addr.is_global or addr.is_multicast
 
 
 def page_request(

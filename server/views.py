@@ -109,6 +109,17 @@ def provider_view(p: Provider) -> dict[str, Any]:
             }
             for s in p.secrets
         ],
+        **endpoint_health_view(p),
+    }
+
+
+def endpoint_health_view(p: Provider) -> dict[str, Any]:
+    """Whether webhooks are being sent, and if not since when and why."""
+    return {
+        "endpoint_status": "enabled" if p.endpoint_enabled else "disabled",
+        "endpoint_disabled_at": rfc3339(p.endpoint_disabled_at),
+        "endpoint_disabled_reason": p.endpoint_disabled_reason,
+        "endpoint_failing_since": rfc3339(p.endpoint_failing_since),
     }
 
 

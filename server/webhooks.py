@@ -6,34 +6,38 @@
   ``notify`` set, and the sweep writes the event later: none lost, none doubled.
 - An event is sent at once, then by the periodic sweep, each attempt under a lease on the
   event so several processes never send the same attempt.
-- Deliveries are bounded in all and per provider, so one slow endpoint cannot hold up
-  another provider's webhooks.
+- Deliveries are bounded in all and per provider, and share the pool fairly
+  (``server/delivery_pool.py``), so endpoints that hang cannot hold up another provider's
+  webhooks; a sweep never lets one provider's backlog crowd out the others' events.
+- An endpoint's answer is its status line; its body is dropped as it arrives and not read
+  past ``RESPONSE_BODY_LIMIT`` bytes, so an endpoint cannot make the service hold or
+  download a large body.
+- Endpoint health: when every delivery has failed for ``CASHOUT_WEBHOOK_DISABLE_AFTER``,
+  or the endpoint answers ``410 Gone``, the endpoint is disabled; its events are kept,
+  unsent, until the provider sets the endpoint again.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import email.utils
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import random
-import socket
 import time
 import uuid as uuidlib
-from collections import defaultdict
+from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
-from tornado.netutil import DefaultExecutorResolver, Resolver
 
 from server import metrics, validation
 from server.background import Background
 from server.batching import Batcher
+from server.delivery_pool import DeliveryPool
 from server.errors import ApiError, not_found
 from server.lifecycle import NOTIFIED
 from server.models import (
@@ -46,7 +50,9 @@ from server.models import (
     utcnow,
 )
 from server.providers import ProviderService
+from server.ratelimit import Limiter, enforce, parse_rate
 from server.settings import Settings
+from server.ssrf import PublicOnlyResolver
 from server.store import Recorded, Store
 from server.views import webhook_payload
 
@@ -54,6 +60,9 @@ log = logging.getLogger("cashout.webhooks")
 
 SWEEP_BATCH = 200
 MAX_RETRY_AFTER = 24 * 3600.0
+RESPONSE_BODY_LIMIT = 4096  # bytes of an endpoint's answer we read at most (and never keep)
+HOLD_RECHECK = 3600.0  # a held event is looked at again after this long, in case a
+# re-enabling was lost (a crash between setting the endpoint and releasing its events)
 
 
 def event_id_for(claim_uuid: str) -> str:
@@ -86,29 +95,33 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
     return min(max(when.timestamp() - now, 0.0), MAX_RETRY_AFTER)
 
 
-class PublicOnlyResolver(Resolver):
-    """Resolves like the default resolver but drops loopback, private, link-local and
-    multicast addresses, at connect time, so DNS rebinding cannot reach the inside."""
+class _Answer:
+    """What is kept of an endpoint's answer: the status and ``Retry-After`` from its head.
+    The body goes to ``body`` chunk by chunk and is dropped; the client stops reading it
+    after ``RESPONSE_BODY_LIMIT`` bytes."""
 
-    def initialize(self) -> None:
-        self._inner = DefaultExecutorResolver()
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.retry_after: str | None = None
 
-    async def resolve(
-        self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC
-    ) -> list[tuple[int, Any]]:
-        results = await self._inner.resolve(host, port, family)
-        public = [(fam, addr) for fam, addr in results if is_public_address(addr[0])]
-        if not public:
-            raise OSError(f"{host} resolves only to non-public addresses")
-        return public
+    def header(self, line: str) -> None:
+        if line.startswith("HTTP/"):
+            parts = line.split(" ", 2)
+            self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+        elif line[:12].lower() == "retry-after:":
+            self.retry_after = line[12:].strip()
+
+    def body(self, chunk: bytes) -> None:
+        pass
 
 
-def is_public_address(address: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    return ip.is_global and not ip.is_multicast
+def _duration(seconds: float) -> str:
+    """``432000`` -> ``"5 days"``: the disabling reason in words."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds >= size and seconds % size == 0:
+            n = int(seconds // size)
+            return f"{n} {unit}" + ("" if n == 1 else "s")
+    return f"{seconds:g} seconds"
 
 
 class WebhookSender:
@@ -121,12 +134,13 @@ class WebhookSender:
             force_instance=True,
             max_clients=settings.webhook_concurrency,
             resolver=PublicOnlyResolver() if settings.production else None,
+            max_body_size=RESPONSE_BODY_LIMIT,
+            max_buffer_size=1024 * 1024,
         )
-        self._all = asyncio.Semaphore(settings.webhook_concurrency)
-        self._per_provider: defaultdict[str, asyncio.Semaphore] = defaultdict(
-            lambda: asyncio.Semaphore(settings.webhook_per_provider)
-        )
+        self.pool = DeliveryPool(settings.webhook_concurrency, settings.webhook_per_provider)
         self._in_flight: set[str] = set()
+        self._queued: Counter[str] = Counter()  # deliveries waiting or running, by provider
+        self._sends = Limiter("webhook_sends", parse_rate(settings.rate_limit_webhook_sends))
         self.background = Background("webhooks")
         batch = settings.db_batch
         self._writes: Batcher[WebhookEvent, bool] = Batcher(
@@ -138,7 +152,7 @@ class WebhookSender:
 
     # -- writing events --------------------------------------------------------------------
 
-    def _hold(self) -> timedelta:
+    def _lease(self) -> timedelta:
         """How long one delivery attempt keeps its event from other processes."""
         return timedelta(seconds=self.settings.webhook_timeout * 2 + 5)
 
@@ -152,7 +166,7 @@ class WebhookSender:
             event_id_for(claim.uuid),
             claim.uuid,
             webhook_payload(claim),
-            lease=self._hold(),
+            lease=self._lease(),
         )
         # Ours from now on: the sweep must not start a second runner for it, which would
         # find it leased and give up while this one waits for a delivery slot.
@@ -208,20 +222,24 @@ class WebhookSender:
             if event_id in self._in_flight:
                 return
             self._in_flight.add(event_id)
+        self._queued[provider_name] += 1
         try:
-            async with self._per_provider[provider_name], self._all:
+            async with self.pool.slot(provider_name):
+                now = utcnow()
                 event = taken
                 if event is not None and event.lease_until is not None:
-                    left = (event.lease_until - utcnow()).total_seconds()
+                    left = (event.lease_until - now).total_seconds()
                     if left < self.settings.webhook_timeout:  # waited too long for a slot
                         event = None
                 if event is None:
-                    now = utcnow()
-                    event = await self.store.events.take(event_id, now, now + self._hold())
+                    event = await self.store.events.take(event_id, now, now + self._lease())
                     if event is None:
                         return
                 provider = await self.providers.by_name(event.provider)
                 if provider is None:
+                    return
+                if not provider.endpoint_enabled:
+                    await self._hold(event, provider_name, now)
                     return
                 attempt, retry_after = await self._send(provider, event)
                 status, next_at = self._next(event, attempt, retry_after)
@@ -236,8 +254,12 @@ class WebhookSender:
                     attempt.http_status or "-",
                     status,
                 )
+                await self._note_health(provider, attempt)
         finally:
             self._in_flight.discard(event_id)
+            self._queued[provider_name] -= 1
+            if self._queued[provider_name] <= 0:
+                del self._queued[provider_name]
 
     async def _record(self, records: list[Recorded]) -> list[None]:
         """Group commit of the delivery log: one bulk write for the batch's attempts."""
@@ -261,6 +283,7 @@ class WebhookSender:
                 self.providers.open_secrets(provider), event.event_id, timestamp, event.body
             ),
         }
+        answer = _Answer()
         request = HTTPRequest(
             provider.endpoint,
             method="POST",
@@ -270,22 +293,25 @@ class WebhookSender:
             request_timeout=self.settings.webhook_timeout,
             follow_redirects=False,
             validate_cert=True,
+            decompress_response=False,
+            header_callback=answer.header,
+            streaming_callback=answer.body,
         )
         started = time.monotonic()
         at = utcnow()
-        status: int | None = None
         error: str | None = None
-        retry_after = None
         try:
             response = await self.client.fetch(request, raise_error=False)
-            status = response.code if response.code != 599 else None
-            if response.error is not None and status is None:
+            # The status line is the answer: a body cut short (over RESPONSE_BODY_LIMIT, or
+            # still arriving at the timeout) does not change it.
+            if answer.status is None and response.error is not None:
                 error = _describe(response.error)
-            retry_after = retry_after_seconds(response.headers.get("Retry-After"), time.time())
         except (TimeoutError, OSError, HTTPClientError) as exc:
-            error = _describe(exc)
+            if answer.status is None:
+                error = _describe(exc)
         latency = int((time.monotonic() - started) * 1000)
-        return Delivery(at, status, latency, error), retry_after
+        retry_after = retry_after_seconds(answer.retry_after, time.time())
+        return Delivery(at, answer.status, latency, error), retry_after
 
     def _next(
         self, event: WebhookEvent, attempt: Delivery, retry_after: float | None
@@ -308,9 +334,16 @@ class WebhookSender:
         """Write events owed by finished claims, then send whatever is due."""
         for claim in await self.store.claims.owed_an_event(utcnow(), SWEEP_BATCH):
             await self.claim_finished(claim)
-        for event_id, provider in await self.store.events.due(utcnow(), SWEEP_BATCH):
-            if event_id not in self._in_flight:
-                self.background.spawn(self.deliver(event_id, provider))
+        # A provider with its share queued already waits; the query leaves its events out
+        # so that the batch goes to the others.
+        cap = self.settings.webhook_per_provider
+        busy = [p for p, n in self._queued.items() if n >= cap]
+        planned: Counter[str] = Counter()
+        for event_id, provider in await self.store.events.due_except(utcnow(), SWEEP_BATCH, busy):
+            if event_id in self._in_flight or self._queued[provider] + planned[provider] >= cap:
+                continue
+            planned[provider] += 1
+            self.background.spawn(self.deliver(event_id, provider))
 
     def start(self) -> None:
         self.background.every(self.settings.webhook_sweep_interval, self.sweep)
@@ -318,6 +351,43 @@ class WebhookSender:
     async def stop(self, deadline: float = 10.0) -> None:
         await self.background.stop(deadline)
         self.client.close()
+
+    # -- endpoint health -------------------------------------------------------------------
+
+    async def _note_health(self, provider: Provider, attempt: Delivery) -> None:
+        """After an attempt: a success clears the endpoint's failing mark; a failure sets
+        it, or disables the endpoint once every delivery has failed for
+        ``CASHOUT_WEBHOOK_DISABLE_AFTER``; a ``410 Gone`` disables it at once."""
+        name, endpoint, code = provider.name, provider.endpoint, attempt.http_status
+        if code is not None and 200 <= code < 300:
+            self.pool.mark(name, failing=False)
+            if provider.endpoint_failing_since is not None:
+                await self.store.providers.endpoint_working(name, endpoint)
+            return
+        self.pool.mark(name, failing=True)
+        if code == 410:
+            await self._disable(provider, attempt.at, "gone", "the endpoint answered 410 Gone")
+            return
+        since = provider.endpoint_failing_since
+        if since is None:
+            await self.store.providers.endpoint_failing(name, endpoint, attempt.at)
+        elif attempt.at - since >= timedelta(seconds=self.settings.webhook_disable_after):
+            reason = f"every delivery failed for {_duration(self.settings.webhook_disable_after)}"
+            await self._disable(provider, attempt.at, "failing", reason)
+
+    async def _disable(self, provider: Provider, at: datetime, kind: str, reason: str) -> None:
+        if await self.store.providers.disable_endpoint(
+            provider.name, provider.endpoint, at, reason
+        ):
+            metrics.ENDPOINTS_DISABLED.labels(kind).inc()
+            log.warning("webhook endpoint of %s disabled: %s", provider.name, reason)
+
+    async def _hold(self, event: WebhookEvent, provider_name: str, now: datetime) -> None:
+        """The endpoint is disabled: keep the event unsent, and look at it again later."""
+        await self.store.events.hold(event, now, now + timedelta(seconds=HOLD_RECHECK))
+        provider = await self.store.providers.get(provider_name)
+        if provider is not None and provider.endpoint_enabled:  # set again meanwhile
+            await self.store.events.release_held(provider_name, utcnow())
 
     # -- the provider's controls -----------------------------------------------------------
 
@@ -329,6 +399,7 @@ class WebhookSender:
         return await self.store.events.page(provider.name, request)
 
     async def redeliver(self, provider: Provider, event_id: str) -> WebhookEvent:
+        enforce(self._sends, provider.name)
         event = await self.store.events.redeliver(provider.name, event_id, utcnow())
         if event is None:
             raise not_found("No such event.")
@@ -336,6 +407,7 @@ class WebhookSender:
         return event
 
     async def send_test(self, provider: Provider) -> WebhookEvent:
+        enforce(self._sends, provider.name)
         event_id = "evt_test_" + uuidlib.uuid4().hex
         body = {
             "name": provider.name,

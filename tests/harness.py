@@ -72,6 +72,19 @@ def wait_until(
         time.sleep(interval)
 
 
+# Tests send far more requests from one address (and one provider) than any real client
+# would: the rate limits are off unless a test sets them (tests/test_limits.py does, and
+# shows them at their defaults).
+NO_RATE_LIMITS = {
+    "CASHOUT_RATE_LIMIT_PROVIDER": "off",
+    "CASHOUT_RATE_LIMIT_REGISTER": "off",
+    "CASHOUT_RATE_LIMIT_CARD_CHECK": "off",
+    "CASHOUT_RATE_LIMIT_CLAIM": "off",
+    "CASHOUT_RATE_LIMIT_WEBHOOK_SENDS": "off",
+}
+DEFAULT = "(default)"  # as a value in a test server's env: leave that setting at its default
+
+
 class ServerProcess:
     """``python -m server`` as a child process with its output captured to a file."""
 
@@ -81,15 +94,20 @@ class ServerProcess:
         self.port = int(env.get("CASHOUT_PORT") or free_port())
         self.env = {
             **os.environ,
+            **NO_RATE_LIMITS,
             "CASHOUT_PORT": str(self.port),
             "CASHOUT_PUBLIC_URL": f"http://127.0.0.1:{self.port}",
             **env,
         }
         self.env["CASHOUT_PORT"] = str(self.port)
+        self.env = {k: v for k, v in self.env.items() if v != DEFAULT}
         self.args = list(args)
         self.log_path = log_dir / f"{name}-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{self.port}"
+        # With CASHOUT_OPS_PORT set, /healthz, /readyz and /metrics answer there only.
+        ops_port = self.env.get("CASHOUT_OPS_PORT")
+        self.ops_url = f"http://127.0.0.1:{ops_port}" if ops_port else self.url
 
     def start(self, wait: bool = True, timeout: float = 30.0) -> ServerProcess:
         log = open(self.log_path, "ab")
@@ -112,7 +130,7 @@ class ServerProcess:
                     f"server exited with {self.proc.returncode}:\n" + self.log()[-2000:]
                 )
             try:
-                return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+                return httpx.get(self.ops_url + "/healthz", timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
 

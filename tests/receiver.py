@@ -22,6 +22,8 @@ class Behaviour:
     status: int = 200  # then this
     retry_after: str | None = None
     hang: bool = False  # hold the connection until released
+    body_size: int = 0  # answer with a body this big (instead of "ok")
+    length_known: bool = True  # announce the body's Content-Length (else: until close)
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class Receiver:
         self.lock = threading.Lock()
         self.release = threading.Event()
         self.hanging: dict[str, int] = {}  # calls held open right now, by path
+        self.arrived: list[tuple[str, str | None, float]] = []  # (path, id, time) of holds
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -88,6 +91,7 @@ class Receiver:
             secrets = list(behaviour.secrets)
         if behaviour.hang:
             with self.lock:
+                self.arrived.append((path, headers.get("webhook-id"), time.time()))
                 self.hanging[path] = self.hanging.get(path, 0) + 1
             self.release.wait(60)
             with self.lock:
@@ -106,11 +110,28 @@ class Receiver:
             handler.send_response(status)
             if behaviour.retry_after and status >= 300:
                 handler.send_header("Retry-After", behaviour.retry_after)
+            if behaviour.body_size:
+                self._send_big(handler, behaviour)
+                return
             handler.send_header("Content-Length", "2")
             handler.end_headers()
             handler.wfile.write(b"ok")
         except OSError:
-            pass  # the sender gave up on us (timeout)
+            pass  # the sender gave up on us (timeout, or it stopped reading a big answer)
+
+    def _send_big(self, handler: BaseHTTPRequestHandler, behaviour: Behaviour) -> None:
+        """A large answer, written 1 MB at a time (the sender may hang up at any point)."""
+        if behaviour.length_known:
+            handler.send_header("Content-Length", str(behaviour.body_size))
+        else:
+            handler.send_header("Connection", "close")  # the body ends when we close
+        handler.end_headers()
+        chunk = b"x" * (1024 * 1024)
+        left = behaviour.body_size
+        while left > 0:
+            handler.wfile.write(chunk[: min(left, len(chunk))])
+            left -= len(chunk)
+        handler.close_connection = True
 
     def stop(self) -> None:
         self.release.set()

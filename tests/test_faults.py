@@ -681,8 +681,8 @@ def closed_while_sending(sock: socket.socket, size: int) -> bool:
 
 def test_slow_and_oversized_clients_do_not_starve_the_others(server_factory: Any) -> None:
     """Slowloris: 50 connections dribble a request line and headers a byte a second, 20 more
-    announce a 2,000,000-byte body (under the 2 MiB hard limit) and dribble it, and one sends
-    a 10 MB body. The server's idle_connection_timeout (60 s) and body_timeout (30 s) will
+    announce a 60,000-byte body (under the 64 KiB limit) and dribble it, and one sends a
+    10 MB body. The server's idle_connection_timeout (60 s) and body_timeout (30 s) will
     drop the slow ones eventually; this test does not wait for that, it shows that meanwhile
     everyone else is served at once, and that the oversized body is refused unread."""
     server = server_factory()
@@ -693,7 +693,7 @@ def test_slow_and_oversized_clients_do_not_starve_the_others(server_factory: Any
     )
     slow_body_head = (
         f"POST /cashout/generate/{provider.name} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        "Content-Type: application/json\r\nContent-Length: 2000000\r\n\r\n"
+        "Content-Type: application/json\r\nContent-Length: 60000\r\n\r\n"
     ).encode()
     sockets: list[socket.socket] = []
     dribblers: list[tuple[socket.socket, bytes]] = []

@@ -66,6 +66,20 @@ def provider_doc(p: Provider) -> dict[str, Any]:
         "updated_at": p.updated_at,
         "display_name": p.display_name,
         "support": p.support,
+        **endpoint_health_doc(
+            p.endpoint_failing_since, p.endpoint_disabled_at, p.endpoint_disabled_reason
+        ),
+    }
+
+
+def endpoint_health_doc(
+    failing_since: datetime | None, disabled_at: datetime | None, reason: str | None
+) -> dict[str, Any]:
+    """The webhook endpoint's health fields (all None: healthy, as after it is set again)."""
+    return {
+        "endpoint_failing_since": failing_since,
+        "endpoint_disabled_at": disabled_at,
+        "endpoint_disabled_reason": reason,
     }
 
 
@@ -94,6 +108,9 @@ def provider_from_doc(doc: Mapping[str, Any]) -> Provider:
         updated_at=as_utc(doc["updated_at"]),
         display_name=doc.get("display_name"),
         support=doc.get("support"),
+        endpoint_failing_since=opt_dt(doc.get("endpoint_failing_since")),
+        endpoint_disabled_at=opt_dt(doc.get("endpoint_disabled_at")),
+        endpoint_disabled_reason=doc.get("endpoint_disabled_reason"),
     )
 
 

@@ -104,6 +104,39 @@ class EventStore:
         result = await self.coll.bulk_write([_record_update(r) for r in records], ordered=False)
         return result.modified_count
 
+    async def due_except(
+        self, now: datetime, limit: int, providers: list[str]
+    ) -> list[tuple[str, str]]:
+        """Like ``due``, leaving out these providers' events (they have enough queued
+        already), so one provider's backlog cannot crowd the others out of a sweep."""
+        if not providers:
+            return await self.due(now, limit)
+        query = {
+            "status": PENDING,
+            "next_attempt_at": {"$lte": now},
+            "provider": {"$nin": providers},
+        }
+        cursor = (
+            self.coll.find(query, {"provider": 1}).sort("next_attempt_at", ASCENDING).limit(limit)
+        )
+        return [(d["_id"], d["provider"]) async for d in cursor]
+
+    async def hold(self, event: WebhookEvent, now: datetime, until: datetime) -> bool:
+        """Set aside an event we hold the lease of, its endpoint being disabled: no attempt
+        is recorded; it is looked at again at ``until`` (or when the endpoint is set again)."""
+        result = await self.coll.update_one(
+            {"_id": event.event_id, "lease_until": event.lease_until},
+            {"$set": {"next_attempt_at": until, "lease_until": now}},
+        )
+        return result.modified_count == 1
+
+    async def release_held(self, provider: str, now: datetime) -> int:
+        """The provider's endpoint was set again: every pending event is due now."""
+        result = await self.coll.update_many(
+            {"provider": provider, "status": PENDING}, {"$set": {"next_attempt_at": now}}
+        )
+        return result.modified_count
+
     async def get(self, provider: str, event_id: str) -> WebhookEvent | None:
         doc = await self.coll.find_one({"_id": event_id, "provider": provider})
         return event_from_doc(doc) if doc else None

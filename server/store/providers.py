@@ -10,7 +10,13 @@ from pymongo.errors import DuplicateKeyError
 
 from server.models import Provider, SealedCard, WebhookSecret
 from server.store.base import Coll, Duplicate, cas, speaks_our_errors
-from server.store.codecs import card_doc, provider_doc, provider_from_doc, secrets_doc
+from server.store.codecs import (
+    card_doc,
+    endpoint_health_doc,
+    provider_doc,
+    provider_from_doc,
+    secrets_doc,
+)
 
 
 @speaks_our_errors
@@ -58,6 +64,8 @@ class ProviderStore:
                 changes[field] = texts[field]
         if endpoint is not None:
             changes["endpoint"] = endpoint
+            # Setting the endpoint (even to the same URL) re-enables it with a clean slate.
+            changes.update(endpoint_health_doc(None, None, None))
         if card is not None:
             changes["card"] = card_doc(card)
         if key_hash is not None:
@@ -65,6 +73,34 @@ class ProviderStore:
         if secrets is not None:
             changes["secrets"] = secrets_doc(secrets)
         doc = await cas(self.coll, {"_id": name}, {"$set": changes})
+        return provider_from_doc(doc) if doc else None
+
+    # -- webhook endpoint health: each change only for the endpoint the attempt went to, so
+    # an attempt to an old endpoint never marks the one the provider has set since.
+
+    async def endpoint_failing(self, name: str, endpoint: str, since: datetime) -> None:
+        """Every delivery to ``endpoint`` fails from ``since`` on (unless already marked)."""
+        await self.coll.update_one(
+            {"_id": name, "endpoint": endpoint, "endpoint_failing_since": None},
+            {"$set": {"endpoint_failing_since": since}},
+        )
+
+    async def endpoint_working(self, name: str, endpoint: str) -> None:
+        """A delivery to ``endpoint`` succeeded: it is not failing any more."""
+        await self.coll.update_one(
+            {"_id": name, "endpoint": endpoint, "endpoint_failing_since": {"$ne": None}},
+            {"$set": {"endpoint_failing_since": None}},
+        )
+
+    async def disable_endpoint(
+        self, name: str, endpoint: str, at: datetime, reason: str
+    ) -> Provider | None:
+        """Disable ``endpoint``; None if it had changed or was disabled already."""
+        doc = await cas(
+            self.coll,
+            {"_id": name, "endpoint": endpoint, "endpoint_disabled_at": None},
+            {"$set": {"endpoint_disabled_at": at, "endpoint_disabled_reason": reason}},
+        )
         return provider_from_doc(doc) if doc else None
 
     async def all(self) -> list[Provider]:
