@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler
 
+from server.audit import api_caller
 from server.errors import ApiError, Unavailable
 from server.validation import parse_json_object
 
 if TYPE_CHECKING:
-    from server.models import Provider
+    from server.models import Caller, Provider
     from server.services import Services
 
 # (path template, handler class); each handler module exports its own ``default_handlers``.
@@ -168,6 +169,11 @@ class ApiHandler(BaseHandler):
         return await self.services.providers.authenticate(
             self.request.headers.get("Authorization"), name
         )
+
+    def caller(self, provider: Provider | None = None) -> Caller:
+        """Who asks, for the audit log and card-check counts: the API key's id (never the
+        key) and the client address."""
+        return api_caller(provider, self.request.remote_ip)
 
 
 class NotFoundHandler(ApiHandler):

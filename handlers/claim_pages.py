@@ -26,6 +26,8 @@ FAILURE_REASONS = {
     72: "The card's bank could not be reached.",
 }
 DEFAULT_FAILURE = "The transfer could not be completed."
+# Refusals shown next to the card field (the claim stays pending); issue 11 added the limits.
+FIELD_ERRORS = ("invalid_card", "card_limit_reached", "sender_limit_reached")
 
 
 class PageHandler(BaseHandler):
@@ -59,6 +61,9 @@ class PageHandler(BaseHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         body = self.error_body(status_code, exc)
         self.set_header("Content-Type", "text/html; charset=UTF-8")
+        if body["code"] == "provider_suspended":  # issue 11
+            self.render("unavailable.html", lang_links=self._lang_links())
+            return
         self.render(
             "error.html", status=status_code, code=body["code"], lang_links=self._lang_links()
         )
@@ -95,15 +100,15 @@ class ClaimPageHandler(PageHandler):
         try:
             await self.services.payouts.submit(name, uuid, pan)
         except ApiError as exc:
-            if exc.status >= 500:  # an outage: the error page says so, nothing was claimed
-                raise
-            if exc.code == "invalid_card":
+            if exc.status >= 500 or exc.code == "provider_suspended":
+                raise  # the error page says so (an outage, or "unavailable"); nothing claimed
+            if exc.code in FIELD_ERRORS:
                 claim = await self.services.payouts.customer_claim(name, uuid)
                 if claim is None:
                     self.page("not_found.html", status=404)
                     return
                 if claim.status is ClaimStatus.PENDING:
-                    self.render_claim(claim, error=exc.details[0]["problem"], status=400)
+                    self.render_claim(claim, error=exc.details[0]["problem"], status=exc.status)
                     return
             elif exc.status == 404:
                 self.page("not_found.html", status=404)
