@@ -9,12 +9,14 @@ import asyncio
 import itertools
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from server.crypto import CardNamer, KeyRing
 from tests.conftest import random_pan, unique_name
 from tests.harness import (
     Provider,
@@ -75,7 +77,7 @@ def ledger_of(server: ServerProcess) -> Ledger:
 
 
 def test_every_refusal_is_one_answer_and_a_locked_card_is_not_sent(
-    checks_server: ServerProcess,
+    checks_server: ServerProcess, mongo: Any
 ) -> None:
     """The IPIN guess of the issue, from several names, providers and addresses: after the
     allowed failures (3) the card is no longer checked at the switch, and a wrong IPIN, an
@@ -131,6 +133,18 @@ def test_every_refusal_is_one_answer_and_a_locked_card_is_not_sent(
         "failures": 3,
     }
     assert entries[0]["actor"].startswith("key_") and entries[0]["address"] == "127.0.0.1"
+
+    # The lockout lasts 24 hours from the last failure; once over, the card is checked again.
+    keys = KeyRing.parse((Path(server.env["CASHOUT_DATA_DIR"]) / "keys").read_text())
+    counter = {"_id": "card:" + CardNamer.for_settings(None, keys).name(victim.pan)}
+    failures = mongo[server.env["CASHOUT_DB_NAME"]].card_check_failures
+    locked_until = failures.find_one(counter)["until"]
+    last_failure = datetime.fromisoformat(entries[0]["at"].replace("Z", "+00:00"))
+    assert abs(locked_until - last_failure - timedelta(hours=24)) < timedelta(seconds=5)
+    assert victim.pan not in str(list(failures.find()))
+    failures.update_one(counter, {"$set": {"until": datetime.now(UTC) - timedelta(seconds=1)}})
+    assert len(register_answer(from_address(server), victim.pan, "3333")) > 0
+    assert ledger.card_checks(victim.pan) == [0, WRONG_IPIN, EXPIRED, WRONG_IPIN, WRONG_IPIN]
 
 
 def test_concurrent_guesses_send_at_most_the_limit_to_the_switch(
