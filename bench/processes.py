@@ -217,6 +217,10 @@ class Stack:
             "CASHOUT_LOG_LEVEL": "warning",
             "CASHOUT_MAX_CLAIM_AMOUNT": str(10**9),
             "CASHOUT_DAILY_LIMIT": str(10**15),
+            # The benchmark pays every claim from one card to one card: no card limits.
+            "CASHOUT_PAYING_CARD_DAILY_AMOUNT": str(10**15),
+            "CASHOUT_CARD_DAILY_AMOUNT": str(10**15),
+            "CASHOUT_CARD_DAILY_CLAIMS": str(10**9),
             **(extra or {}),
         }
         proc = self.procs.start(name, [PYTHON, "-m", "server"], env)
