@@ -220,6 +220,10 @@ class Stack:
             # One provider and one address drive the whole load: measure capacity, not limits.
             "CASHOUT_RATE_LIMIT_PROVIDER": "off",
             "CASHOUT_RATE_LIMIT_CLAIM": "off",
+            # The benchmark pays every claim from one card to one card: no card limits.
+            "CASHOUT_PAYING_CARD_DAILY_AMOUNT": str(10**15),
+            "CASHOUT_CARD_DAILY_AMOUNT": str(10**15),
+            "CASHOUT_CARD_DAILY_CLAIMS": str(10**9),
             **(extra or {}),
         }
         proc = self.procs.start(name, [PYTHON, "-m", "server"], env)

@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler
 
+from server.audit import api_caller
 from server.errors import ApiError, RateLimited, Unavailable
 from server.ratelimit import Limiter, bucket_key
 from server.validation import parse_json_object
 
 if TYPE_CHECKING:
-    from server.models import Provider
+    from server.models import Caller, Provider
     from server.services import Services
 
 # (path template, handler class); each handler module exports its own ``default_handlers``.
@@ -201,6 +202,11 @@ class ApiHandler(BaseHandler):
         limits = self.services.limits
         limits.check(limits.provider, provider.name)
         return provider
+
+    def caller(self, provider: Provider | None = None) -> Caller:
+        """Who asks, for the audit log and card-check counts: the API key's id (never the
+        key) and the client address."""
+        return api_caller(provider, self.request.remote_ip)
 
 
 class NotFoundHandler(ApiHandler):

@@ -36,11 +36,16 @@ class Refusal:
     text: str
 
 
-# Pages for refusals, by ApiError code, on GET and on Confirm. A new refusal is one line here:
-#   "provider_suspended": Refusal(403, "Temporarily unavailable",
-#                                 "This cashout is temporarily unavailable", "Try again later."),
-# (those texts are already translated in templates/locale/ar.csv).
+# Pages for refusals, by ApiError code, on GET and on Confirm (texts are translated in
+# templates/locale/ar.csv).
 REFUSALS: dict[str, Refusal] = {
+    "provider_suspended": Refusal(
+        403,
+        "Temporarily unavailable",
+        "This cashout is temporarily unavailable",
+        "Payouts from this sender are paused for now. Your link stays valid: please come back "
+        "to it later.",
+    ),
     "not_found": Refusal(
         404,
         "Link not found",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from handlers.base import ApiHandler, Route
 from server.errors import invalid
-from server.views import claim_view, generated_view, provider_view
+from server.views import audit_view, claim_view, generated_view, provider_view
 
 
 class RegisterHandler(ApiHandler):
@@ -13,7 +13,7 @@ class RegisterHandler(ApiHandler):
     async def post(self) -> None:
         body = self.json_body()
         self.limit_address("card_check")
-        creds = await self.services.providers.register(body)
+        creds = await self.services.providers.register(body, self.caller())
         self.write_json(
             {"result": "ok", "api_key": creds.api_key, "webhook_secret": creds.webhook_secret}
         )
@@ -59,7 +59,9 @@ class ClaimsHandler(ApiHandler):
 class CancelHandler(ApiHandler):
     async def post(self, name: str, uuid: str) -> None:
         provider = await self.provider(name)
-        claim = await self.services.claims.cancel(provider, uuid, self.json_body(optional=True))
+        claim = await self.services.claims.cancel(
+            provider, uuid, self.json_body(optional=True), self.caller(provider)
+        )
         self.write_json(claim_view(claim))
 
 
@@ -73,14 +75,18 @@ class ProfileHandler(ApiHandler):
         body = self.json_body()
         if "pan" in body:
             self.limit_address("card_check")
-        updated = await self.services.providers.update_profile(provider, body)
+        updated = await self.services.providers.update_profile(
+            provider, body, self.caller(provider)
+        )
         self.write_json({"result": "ok", **provider_view(updated)})
 
 
 class RotateKeysHandler(ApiHandler):
     async def post(self, name: str) -> None:
         provider = await self.provider(name)
-        creds, updated = await self.services.providers.rotate(provider, self.json_body())
+        creds, updated = await self.services.providers.rotate(
+            provider, self.json_body(), self.caller(provider)
+        )
         body: dict[str, object] = {"result": "ok"}
         if creds.api_key:
             body["api_key"] = creds.api_key
@@ -88,6 +94,19 @@ class RotateKeysHandler(ApiHandler):
             body["webhook_secret"] = creds.webhook_secret
             body["webhook_secrets"] = provider_view(updated)["webhook_secrets"]
         self.write_json(body)
+
+
+class AuditHandler(ApiHandler):
+    """``GET /cashout/audit/{name}``: the provider's audit log, newest first."""
+
+    async def get(self, name: str) -> None:
+        provider = await self.provider(name)
+        entries, next_cursor = await self.services.audit.page(
+            provider,
+            limit=self.get_query_argument("limit", None),
+            after=self.get_query_argument("after", None),
+        )
+        self.write_json({"entries": [audit_view(e) for e in entries], "next": next_cursor})
 
 
 default_handlers: list[Route] = [
@@ -98,4 +117,5 @@ default_handlers: list[Route] = [
     ("/cashout/claims/{name}", ClaimsHandler),
     ("/cashout/profile/{name}", ProfileHandler),
     ("/cashout/keys/{name}/rotate", RotateKeysHandler),
+    ("/cashout/audit/{name}", AuditHandler),
 ]

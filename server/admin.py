@@ -11,14 +11,17 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 
 from server import logs
+from server.crypto import key_id
 from server.embedded_db import EmbeddedDatabase
-from server.models import utcnow
+from server.errors import ApiError
+from server.models import rfc3339, utcnow
 from server.rotation import reseal_all
 from server.services import Services
 from server.settings import Settings
-from server.views import provider_view
+from server.views import audit_view, provider_view
 
 Task = Callable[[Services, argparse.Namespace], Awaitable[int]]
 
@@ -30,7 +33,10 @@ async def providers(services: Services, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(view))
         else:
-            print(f"{view['name']:<32} {view['card']:<10} {view['created_at']}  {view['endpoint']}")
+            print(
+                f"{view['name']:<32} {view['card']:<10} {view['created_at']}  "
+                f"{view['status']:<9} {view['endpoint']}"
+            )
     if not args.json:
         print(f"{len(found)} providers", file=sys.stderr)
     return 0
@@ -86,12 +92,80 @@ async def expire(services: Services, args: argparse.Namespace) -> int:
     return 0
 
 
+# -- production controls (docs/DESIGN.md section 12) --------------------------------------
+
+
+async def invite(services: Services, args: argparse.Namespace) -> int:
+    """Print a single-use registration code (once; only its hash is kept)."""
+    code, made = await services.invites.create(args.note, timedelta(seconds=args.expires_in))
+    print(code)
+    print(
+        f"invite {made.invite_id} expires {rfc3339(made.expires_at)} "
+        f"(registration is {services.settings.registration_mode})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+async def suspend(services: Services, args: argparse.Namespace) -> int:
+    done = await services.providers.suspend(args.name, args.reason)
+    print(f"{args.name}: suspended" if done else f"{args.name}: was already suspended")
+    return 0
+
+
+async def resume(services: Services, args: argparse.Namespace) -> int:
+    done = await services.providers.resume(args.name)
+    print(f"{args.name}: resumed" if done else f"{args.name}: was not suspended")
+    return 0
+
+
+async def revoke_key(services: Services, args: argparse.Namespace) -> int:
+    """A new API key (printed once) replaces the old one at once."""
+    creds, updated = await services.providers.revoke_key(
+        args.name, webhook_secret=args.webhook_secret
+    )
+    print(creds.api_key)
+    if creds.webhook_secret:
+        print(creds.webhook_secret)
+    print(
+        f"{args.name}: the old API key no longer works; new key {key_id(updated.key_hash)}"
+        + ("; every older webhook secret is dropped" if creds.webhook_secret else ""),
+        file=sys.stderr,
+    )
+    return 0
+
+
+async def cancel_pending(services: Services, args: argparse.Namespace) -> int:
+    await services.providers.get_existing(args.name)
+    count = await services.claims.cancel_pending(args.name)
+    print(f"{args.name}: cancelled {count} pending claims")
+    return 0
+
+
+async def audit(services: Services, args: argparse.Namespace) -> int:
+    """The audit log, newest first: one provider's, the entries of no provider (card-check
+    refusals at registration, invites made), or everyone's."""
+    entries = await services.audit.recent(
+        args.provider, everyone=args.provider is None and not args.unattached, limit=args.limit
+    )
+    for entry in entries:
+        view = {"provider": entry.provider, **audit_view(entry)}
+        print(json.dumps(view, ensure_ascii=False))
+    return 0
+
+
 TASKS: dict[str, Task] = {
     "providers": providers,
     "rotate-keys": rotate_keys,
     "reconcile": reconcile,
     "redeliver": redeliver,
     "expire": expire,
+    "invite": invite,
+    "suspend": suspend,
+    "resume": resume,
+    "revoke-key": revoke_key,
+    "cancel-pending": cancel_pending,
+    "audit": audit,
 }
 
 
@@ -109,6 +183,9 @@ async def _run(settings: Settings, task: str, args: argparse.Namespace) -> int:
     services = await Services.open(settings, uri)
     try:
         return await TASKS[task](services, args)
+    except ApiError as exc:  # e.g. no such provider: the service's own words
+        print(f"cashout: {task}: {exc.message}", file=sys.stderr)
+        return 1
     finally:
         # Finish what the task started (a transfer it retried, a webhook it owes) before
         # leaving, or its leases would hold that work back from the servers for a while.

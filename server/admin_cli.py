@@ -56,6 +56,66 @@ def add_tasks(
     redeliver.add_argument("--all", action="store_true", help="no filter: every event")
     tasks.add_parser("expire", parents=[common], help="expire overdue pending claims now")
 
+    # Production controls (docs/DESIGN.md section 12).
+    invite = tasks.add_parser(
+        "invite",
+        parents=[common],
+        help="print a single-use registration code (needed when CASHOUT_REGISTRATION=invite)",
+    )
+    invite.add_argument("--note", metavar="TEXT", help="who the code is for (kept, not secret)")
+    invite.add_argument(
+        "--expires-in",
+        type=_positive_int,
+        default=7 * 24 * 3600,
+        metavar="SECONDS",
+        help="lifetime of the code (default 7 days)",
+    )
+    suspend = tasks.add_parser(
+        "suspend",
+        parents=[common],
+        help="stop a provider's new claims and payouts (reads, webhooks and transfers in "
+        "flight go on)",
+    )
+    suspend.add_argument("name", metavar="NAME")
+    suspend.add_argument("--reason", required=True, metavar="TEXT", help="shown to the provider")
+    resume = tasks.add_parser("resume", parents=[common], help="undo suspend")
+    resume.add_argument("name", metavar="NAME")
+    revoke = tasks.add_parser(
+        "revoke-key",
+        parents=[common],
+        help="replace a provider's API key at once and print the new one (once)",
+    )
+    revoke.add_argument("name", metavar="NAME")
+    revoke.add_argument(
+        "--webhook-secret",
+        action="store_true",
+        help="also replace the webhook secret, dropping every older one at once",
+    )
+    cancel = tasks.add_parser(
+        "cancel-pending", parents=[common], help="cancel every pending claim of a provider"
+    )
+    cancel.add_argument("name", metavar="NAME")
+    audit = tasks.add_parser(
+        "audit", parents=[common], help="print the audit log, newest first, one JSON per line"
+    )
+    audit.add_argument("--provider", metavar="NAME", help="only this provider's entries")
+    audit.add_argument(
+        "--unattached",
+        action="store_true",
+        help="only entries of no provider (refused card checks at registration, invites)",
+    )
+    audit.add_argument("--limit", type=_positive_int, default=50, metavar="N")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
 
 def _when(text: str) -> datetime:
     try:

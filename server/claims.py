@@ -8,9 +8,12 @@ from datetime import timedelta
 from typing import Any
 
 from server import lifecycle, metrics, validation
+from server.audit import AuditLog
 from server.batching import Batcher
+from server.crypto import key_id
 from server.errors import ApiError, invalid, not_found
-from server.models import Claim, ClaimStatus, Provider, utcnow
+from server.models import ADMIN, Caller, Claim, ClaimStatus, PageRequest, Provider, utcnow
+from server.providers import suspended
 from server.settings import Settings
 from server.store import Duplicate, Store
 from server.transitions import Transitions
@@ -23,10 +26,13 @@ class Generated:
 
 
 class ClaimService:
-    def __init__(self, settings: Settings, store: Store, transitions: Transitions) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, transitions: Transitions, audit: AuditLog
+    ) -> None:
         self.settings = settings
         self.store = store
         self.transitions = transitions
+        self.audit = audit
         self._batches: Batcher[Claim, Generated] = Batcher(
             "generate", self._write, max_batch=settings.db_batch, observe=metrics.observe_batch
         )
@@ -44,6 +50,8 @@ class ClaimService:
         return Generated(existing, created=False)
 
     async def generate(self, provider: Provider, body: Any) -> Generated:
+        if provider.suspended:  # issue 11: a suspended provider makes no new claims
+            raise suspended()
         body = validation.check("generate", body)
         amount, ref = body["amount"], body["id"]
         ttl = body.get("expires_in", self.settings.claim_ttl)
@@ -185,11 +193,18 @@ class ClaimService:
         request = validation.page_request(status, (s.value for s in ClaimStatus), limit, after)
         return await self.store.claims.page(provider.name, request)
 
-    async def cancel(self, provider: Provider, uuid: str, body: Any) -> Claim:
+    async def cancel(
+        self, provider: Provider, uuid: str, body: Any, caller: Caller | None = None
+    ) -> Claim:
         validation.check("empty", body)
-        claim = await self.transitions.apply(lifecycle.cancelling(provider.name, uuid, utcnow()))
+        claim = await self._cancel(provider.name, uuid)
         if claim is not None:
-            await self.store.totals.release(provider.name, claim.day, claim.amount)
+            await self.audit.record(
+                provider.name,
+                caller or Caller(key_id(provider.key_hash)),
+                "claim.cancelled",
+                {"claim": claim.uuid, "id": claim.ref, "amount": claim.amount},
+            )
             return claim
         current = await self.get(provider, uuid)
         raise ApiError(
@@ -197,6 +212,28 @@ class ClaimService:
             "not_cancellable",
             f"Only a pending claim can be cancelled; this one is {current.status}.",
         )
+
+    async def _cancel(self, provider: str, uuid: str) -> Claim | None:
+        """Cancel a pending claim and give its amount back to the day's total."""
+        claim = await self.transitions.apply(lifecycle.cancelling(provider, uuid, utcnow()))
+        if claim is not None:
+            await self.store.totals.release(provider, claim.day, claim.amount)
+        return claim
+
+    async def cancel_pending(self, provider: str, caller: Caller = ADMIN) -> int:
+        """Cancel every pending claim of a provider (``admin cancel-pending``); how many."""
+        cancelled, after = 0, None
+        while True:
+            request = PageRequest(str(ClaimStatus.PENDING), 100, after)
+            page, _ = await self.store.claims.page(provider, request)
+            for claim in page:
+                if await self._cancel(provider, claim.uuid) is not None:
+                    cancelled += 1
+            if len(page) < 100:
+                break
+            after = (page[-1].created_at, page[-1].uuid)
+        await self.audit.record(provider, caller, "claims.cancelled_pending", {"count": cancelled})
+        return cancelled
 
 
 def _by_day(claims: list[Claim], indexes: list[int]) -> dict[tuple[str, str], list[int]]:

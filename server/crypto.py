@@ -98,6 +98,11 @@ class KeyRing:
         kid = kid or "k" + secrets.token_hex(4)
         return f"{kid}:{base64.b64encode(os.urandom(KEY_BYTES)).decode()}"
 
+    def derive(self, label: str) -> bytes:
+        """A key for another purpose (e.g. naming cards), derived from the first key, so the
+        ring's keys themselves are only ever used to encrypt."""
+        return hmac.new(self._keys[self.primary], label.encode(), hashlib.sha256).digest()
+
     def seal(self, plaintext: str, associated: bytes) -> Sealed:
         nonce = os.urandom(NONCE_BYTES)
         cipher = AES.new(self._keys[self.primary], AES.MODE_GCM, nonce=nonce)
@@ -149,3 +154,30 @@ def new_api_key(prefix: str) -> str:
 def new_webhook_secret() -> str:
     """Standard Webhooks format: ``whsec_`` + base64 of the raw HMAC key."""
     return "whsec_" + base64.b64encode(os.urandom(24)).decode()
+
+
+class CardNamer:
+    """Names a card by a keyed HMAC of its number, so counters and limits can be kept per
+    card, across providers, without ever storing the number in clear (or a plain hash of
+    it, which the small space of card numbers would make easy to reverse)."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def __repr__(self) -> str:  # never the key
+        return "CardNamer()"
+
+    @classmethod
+    def for_settings(cls, configured: str | None, keys: KeyRing) -> CardNamer:
+        if configured:
+            return cls(base64.b64decode(configured))
+        return cls(keys.derive("cashout/v1/card-names"))
+
+    def name(self, pan: str) -> str:
+        return hmac.new(self._key, pan.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def key_id(key_hash: str) -> str:
+    """A public name for an API key (in audit entries and the profile), from its hash: the
+    provider can tell its keys apart, and nothing about the key itself is revealed."""
+    return "key_" + key_hash[:12]

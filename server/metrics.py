@@ -59,6 +59,24 @@ ENDPOINTS_DISABLED = Counter(
     ["reason"],
 )
 
+# Production controls (docs/DESIGN.md section 12).
+CARD_CHECKS = Counter(
+    "cashout_card_checks_total",
+    "Paying-card checks at registration and card changes, by result (verified, rejected, "
+    "locked: refused without asking the switch, unavailable)",
+    ["result"],
+)
+CARD_CHECK_LOCKOUTS = Counter(
+    "cashout_card_check_lockouts_total",
+    "Card-check lockouts begun, by what is locked out (card, address, provider)",
+    ["scope"],
+)
+CARD_LIMIT_REFUSALS = Counter(
+    "cashout_card_limit_refusals_total",
+    "Claim submissions refused by a card's daily limit (receiving, paying)",
+    ["card"],
+)
+
 
 def observe_batch(name: str, size: int) -> None:
     BATCH_SIZE.labels(name).observe(size)

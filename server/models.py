@@ -7,6 +7,7 @@ import binascii
 import enum
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from server.crypto import Sealed
 
@@ -88,6 +89,13 @@ class Provider:
     @property
     def endpoint_enabled(self) -> bool:
         return self.endpoint_disabled_at is None
+
+    suspended_at: datetime | None = None  # set by 'admin suspend'; see server/admin.py
+    suspended_reason: str | None = None
+
+    @property
+    def suspended(self) -> bool:
+        return self.suspended_at is not None
 
 
 class AttemptOutcome(enum.StrEnum):
@@ -174,6 +182,78 @@ class WebhookEvent:
     attempts: tuple[Delivery, ...] = ()
     delivered_at: datetime | None = None
     lease_until: datetime | None = None
+    endpoint: str | None = None  # sent here rather than to the provider's current endpoint
+
+
+# -- production controls (docs/DESIGN.md section 12) --------------------------------------
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks for a change, for the audit log: an API key's id (never the key), ``admin``
+    or another named actor, and the client address."""
+
+    actor: str
+    address: str | None = None
+
+
+ADMIN = Caller("admin")
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One change a provider or the operator made. ``changes`` never holds a secret."""
+
+    entry_id: str
+    provider: str | None  # None for what happened before a provider existed
+    at: datetime
+    actor: str
+    address: str | None
+    action: str
+    changes: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Invite:
+    """A single-use registration code, stored only as its hash (``code_hash``)."""
+
+    code_hash: str
+    note: str | None
+    created_at: datetime
+    expires_at: datetime
+    used_by: str | None = None
+    used_at: datetime | None = None
+
+    @property
+    def invite_id(self) -> str:
+        return "inv_" + self.code_hash[:12]
+
+
+@dataclass(frozen=True)
+class CardHold:
+    """Money a claim submission holds against the daily limits of its receiving card and
+    the paying card, until the transfer is paid (kept) or not (given back). Its id is the
+    submission's gateway transaction UUID."""
+
+    hold_id: str
+    claim: str
+    day: str
+    amount: int
+    to_card: str  # the cards' HMAC names (server.crypto.CardNamer), never the numbers
+    from_card: str
+    created_at: datetime
+    released: bool = False
+
+
+@dataclass(frozen=True)
+class OwedEvent:
+    """A security event written in the same update as the change it reports (the first
+    half of the outbox), then moved to the events collection."""
+
+    event_id: str
+    endpoint: str
+    body: str
+    created_at: datetime
 
 
 @dataclass(frozen=True)

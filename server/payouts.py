@@ -29,6 +29,7 @@ from gateways.base import Card, Gateway, Outcome, TransferRequest, TransferResul
 from server import lifecycle, validation
 from server.attempt_leases import LeaseKeeper
 from server.background import Background
+from server.card_limits import CardLimits
 from server.crypto import DecryptionError, KeyRing, aad
 from server.errors import ApiError, not_found
 from server.logs import mask
@@ -53,6 +54,7 @@ class PayoutEngine:
         gateway: Gateway,
         providers: ProviderService,
         transitions: Transitions,
+        limits: CardLimits,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -62,6 +64,7 @@ class PayoutEngine:
         self.transitions = transitions
         self.rules = lifecycle.LeaseRules(timedelta(seconds=settings.attempt_lease))
         self.leases = LeaseKeeper(store, self.rules)
+        self.limits = limits  # issue 11: daily limits per card (server/card_limits.py)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuidlib.uuid4().hex[:8]}"
         self.background = Background("payouts")
 
@@ -70,6 +73,7 @@ class PayoutEngine:
     async def submit(self, provider: str, uuid: str, pan_text: Any) -> Claim:
         """Claim a pending claim for the card ``pan_text``; the transfer runs in the
         background. Raises ApiError for a bad card or a claim that cannot be claimed."""
+        paying = await self.providers.accepting_claims(provider)  # issue 11: 403 if suspended
         pan = validation.normalise_pan(pan_text) if isinstance(pan_text, str) else None
         if pan is None:
             digits = "".join(ch for ch in str(pan_text) if ch.isdigit())
@@ -87,10 +91,13 @@ class PayoutEngine:
         now = utcnow()
         attempt = Attempt(tran_uuid=str(uuidlib.uuid4()), started_at=now, card_last4=pan[-4:])
         sealed = self.keys.seal(pan, aad("claims", uuid, "card.pan"))
+        # issue 11: hold the amount against both cards' daily limits (422 when over one).
+        hold = await self.limits.admit(paying, uuid, pan, attempt.tran_uuid)
         claim = await self.transitions.apply(
             lifecycle.claiming(provider, uuid, attempt, sealed, now + self.rules.length)
         )
         if claim is None:
+            await self.limits.release(hold)  # issue 11: not claimed, nothing held
             raise await self._why_not_claimable(provider, uuid)
         log.info("claim %s… claimed, attempt %d", uuid[:8], len(claim.attempts))
         self.background.spawn(self._run(claim))
@@ -111,6 +118,7 @@ class PayoutEngine:
 
     async def customer_claim(self, provider: str, uuid: str) -> Claim | None:
         """The claim behind a claim link, expired first if its time has passed."""
+        await self.providers.accepting_claims(provider)  # issue 11: 403 if suspended
         claim = await self.store.claims.get(provider, uuid)
         return await self.expire_if_due(claim) if claim else None
 

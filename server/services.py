@@ -11,12 +11,16 @@ from dataclasses import dataclass, field
 from gateways.base import Gateway, GatewayHost, create_gateway
 from gateways.instrumented import InstrumentedGateway
 from server import metrics
+from server.audit import AuditLog
 from server.background import InFlight
+from server.card_checks import CardChecks
+from server.card_limits import CardLimits
 from server.claims import ClaimService
-from server.crypto import KeyRing, load_or_create_key_file
+from server.crypto import CardNamer, KeyRing, load_or_create_key_file
 from server.customer import CustomerService
 from server.health import Health
 from server.http_client import TornadoHttpClient
+from server.invites import Invites
 from server.payouts import PayoutEngine
 from server.providers import ProviderService
 from server.ratelimit import RateLimits
@@ -40,6 +44,8 @@ class Services:
     webhooks: WebhookSender
     health: Health
     customers: CustomerService  # what the customer's claim page shows and asks
+    audit: AuditLog
+    invites: Invites
     inflight: InFlight = field(default_factory=InFlight)
     limits: RateLimits = field(init=False)  # per process, from the settings
 
@@ -50,11 +56,20 @@ class Services:
     def build(cls, settings: Settings, store: Store, keys: KeyRing, gateway: Gateway) -> Services:
         gateway = InstrumentedGateway(gateway, metrics.observe_payment)
         transitions = Transitions(store, settings.db_batch)
-        providers = ProviderService(settings, store, keys, gateway)
-        payouts = PayoutEngine(settings, store, keys, gateway, providers, transitions)
+        audit = AuditLog(store)
+        namer = CardNamer.for_settings(settings.card_key, keys)
+        invites = Invites(settings, store, audit)
+        checks = CardChecks(settings, store, gateway, namer, audit)
+        providers = ProviderService(
+            settings, store, keys, gateway, checks=checks, invites=invites, audit=audit
+        )
+        limits = CardLimits(settings, store, providers, namer)
+        transitions.on_applied.append(limits.settled)
+        payouts = PayoutEngine(settings, store, keys, gateway, providers, transitions, limits)
         webhooks = WebhookSender(settings, store, providers)
         transitions.on_terminal.append(webhooks.claim_finished)
-        claims = ClaimService(settings, store, transitions)
+        providers.notify = webhooks.write_owed
+        claims = ClaimService(settings, store, transitions, audit)
         return cls(
             settings,
             store,
@@ -66,6 +81,8 @@ class Services:
             webhooks,
             Health(store, gateway),
             CustomerService(store, keys, payouts),
+            audit,
+            invites,
         )
 
     @classmethod

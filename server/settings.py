@@ -14,6 +14,7 @@ operator fixes a broken deployment in one go rather than one restart per mistake
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import ipaddress
 import os
@@ -29,6 +30,7 @@ from gateways.base import BUILTIN_GATEWAYS, Gateway, load_gateway_class
 
 ENVIRONMENTS = ("sandbox", "production")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+REGISTRATION_MODES = ("open", "invite")
 PREFIX = "CASHOUT_"
 
 Check = Callable[[Any], "str | None"]
@@ -108,6 +110,16 @@ def networks(v: str) -> str | None:
     from server.ratelimit import networks_problem
 
     return networks_problem(v)
+
+
+def card_key_check(v: str | None) -> str | None:
+    if v is None:
+        return None
+    try:
+        key = base64.b64decode(v, validate=True)
+    except ValueError:
+        return "must be base64"
+    return None if len(key) == 32 else "must be 32 bytes (base64)"
 
 
 def _seconds(text: str) -> list[float]:
@@ -216,6 +228,45 @@ class Settings:
     shutdown_timeout: float = setting(
         20.0, "seconds SIGTERM waits for requests and transfers in flight", at_least(0)
     )
+    # -- production controls against card fraud (docs/DESIGN.md section 12) ----------------
+    registration: str | None = setting(
+        None,
+        "open or invite (a single-use code from 'admin invite'); unset: invite in production, "
+        "open in sandbox",
+        one_of(*REGISTRATION_MODES),
+    )
+    card_check_failures: int = setting(
+        3,
+        "failed checks of one paying card (any provider, any address) before the card is not "
+        "sent to the switch for 24 hours",
+        at_least(1),
+    )
+    card_check_source_failures: int = setting(
+        10,
+        "failed card checks from one client address, or by one provider, before that source's "
+        "card checks stop for 24 hours",
+        at_least(1),
+    )
+    card_key: str | None = setting(
+        None,
+        "base64 key (32 bytes) of the HMAC that names cards in counters; unset: derived from "
+        "the first key of CASHOUT_KEYS",
+        card_key_check,
+        secret=True,
+    )
+    paying_card_daily_amount: int = setting(
+        1_000_000,
+        "largest total that may leave one paying card per UTC day, across every provider",
+        at_least(1),
+    )
+    card_daily_claims: int = setting(
+        10, "most claims one receiving card may be paid per UTC day, across providers", at_least(1)
+    )
+    card_daily_amount: int = setting(
+        300_000,
+        "largest total one receiving card may be paid per UTC day, across providers",
+        at_least(1),
+    )
     # The selected gateway's own options (an instance of its ``Options``), read from
     # ``CASHOUT_<GATEWAY>_*``; not a setting of its own.
     gateway_options: Any = field(default=None, compare=False, metadata={"internal": True})
@@ -231,6 +282,14 @@ class Settings:
 
     def public_base(self) -> str:
         return self.public_url.rstrip("/")
+
+    @property
+    def registration_mode(self) -> str:
+        """``CASHOUT_REGISTRATION``, or its default for the environment: production admits
+        only invited providers, the sandbox anyone."""
+        if self.registration is not None:
+            return self.registration
+        return "invite" if self.production else "open"
 
     @property
     def retry_schedule(self) -> list[float]:
@@ -425,6 +484,12 @@ def validate(s: Settings) -> list[str]:
         p.append("CASHOUT_OPS_PORT: must differ from CASHOUT_PORT")
     if s.processes > 1 and s.ops_port == 0:
         p.append("CASHOUT_OPS_PORT: several processes need a fixed port to share")
+    for name, value in (
+        ("CASHOUT_PAYING_CARD_DAILY_AMOUNT", s.paying_card_daily_amount),
+        ("CASHOUT_CARD_DAILY_AMOUNT", s.card_daily_amount),
+    ):
+        if value < s.max_claim_amount:
+            p.append(f"{name}: must be at least CASHOUT_MAX_CLAIM_AMOUNT")
     if s.webhook_per_provider > s.webhook_concurrency:
         p.append("CASHOUT_WEBHOOK_PER_PROVIDER: must not exceed CASHOUT_WEBHOOK_CONCURRENCY")
     cls = s.gateway_class

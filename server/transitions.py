@@ -15,6 +15,7 @@ from server.store import Store
 log = logging.getLogger("cashout.claims")
 
 TerminalHook = Callable[[Claim], Awaitable[None]]
+AppliedHook = Callable[[Transition, Claim], Awaitable[None]]
 
 
 class Transitions:
@@ -29,11 +30,16 @@ class Transitions:
             max_batch=max_batch,
             observe=metrics.observe_batch,
         )
+        # Every applied transition (e.g. card limits give back what a failed transfer held).
+        self.on_applied: list[AppliedHook] = []
 
     async def apply(self, t: Transition) -> Claim | None:
         """The claim after ``t``, or None when it no longer matched (someone else moved it
         first). Terminal hooks run here and only here."""
         claim = await self._batches.submit(t)
+        if claim is not None:
+            for applied in self.on_applied:
+                await applied(t, claim)
         if claim is not None and claim.status.terminal:
             log.info("claim %s… is %s", claim.uuid[:8], claim.status)
             for hook in self.on_terminal:

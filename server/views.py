@@ -10,9 +10,11 @@ import json
 from typing import Any
 
 from gateways.base import mask_pan
+from server.crypto import key_id
 from server.lifecycle import attempts_left
 from server.models import (
     Attempt,
+    AuditEntry,
     Claim,
     ClaimStatus,
     Delivery,
@@ -101,6 +103,10 @@ def provider_view(p: Provider) -> dict[str, Any]:
         "card": masked(p.card.last4),
         "created_at": rfc3339(p.created_at),
         "updated_at": rfc3339(p.updated_at),
+        "key_id": key_id(p.key_hash),
+        "status": "suspended" if p.suspended else "active",
+        "suspended_at": rfc3339(p.suspended_at),
+        "suspended_reason": p.suspended_reason,
         "webhook_secrets": [
             {
                 "id": s.secret_id,
@@ -162,4 +168,16 @@ def webhook_payload(claim: Claim) -> dict[str, Any]:
             "time": rfc3339(claim.completed_at or utcnow()),
             "amount": claim.amount if claim.status is ClaimStatus.SUCCEEDED else 0,
         },
+    }
+
+
+def audit_view(e: AuditEntry) -> dict[str, Any]:
+    """An audit entry as the provider (and the operator) sees it; it holds nothing secret."""
+    return {
+        "id": e.entry_id,
+        "at": rfc3339(e.at),
+        "actor": e.actor,
+        "address": e.address,
+        "action": e.action,
+        "changes": e.changes,
     }

@@ -29,6 +29,7 @@ import random
 import time
 import uuid as uuidlib
 from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -44,6 +45,7 @@ from server.models import (
     Claim,
     Delivery,
     EventStatus,
+    OwedEvent,
     Provider,
     WebhookEvent,
     rfc3339,
@@ -285,7 +287,7 @@ class WebhookSender:
         }
         answer = _Answer()
         request = HTTPRequest(
-            provider.endpoint,
+            event.endpoint or provider.endpoint,  # security notices name their endpoint
             method="POST",
             headers=headers,
             body=event.body,
@@ -334,6 +336,7 @@ class WebhookSender:
         """Write events owed by finished claims, then send whatever is due."""
         for claim in await self.store.claims.owed_an_event(utcnow(), SWEEP_BATCH):
             await self.claim_finished(claim)
+        await self.write_owed_notices()  # issue 11: security notices a crash left behind
         # A provider with its share queued already waits; the query leaves its events out
         # so that the batch goes to the others.
         cap = self.settings.webhook_per_provider
@@ -426,6 +429,31 @@ class WebhookSender:
             raise ApiError(409, "conflict", "Try again.")
         self.background.spawn(self.deliver(event_id, provider.name))
         return event
+
+    # -- security notices (docs/DESIGN.md section 12, server/notices.py) ------------------
+
+    async def write_owed(self, provider_name: str, owed: Sequence[OwedEvent]) -> None:
+        """Move ``provider.updated`` events from the provider's document (where the change
+        wrote them) to the outbox, then send them. Idempotent: the ids are fixed."""
+        for notice in owed:
+            event = WebhookEvent(
+                event_id=notice.event_id,
+                provider=provider_name,
+                claim=None,
+                body=notice.body,
+                status=EventStatus.PENDING,
+                created_at=notice.created_at,
+                next_attempt_at=notice.created_at,
+                tries=0,
+                endpoint=notice.endpoint,
+            )
+            await self.store.events.insert(event)
+            await self.store.providers.event_written(provider_name, notice.event_id)
+            self.background.spawn(self.deliver(event.event_id, provider_name))
+
+    async def write_owed_notices(self) -> None:
+        for name, owed in await self.store.providers.owing_events(SWEEP_BATCH):
+            await self.write_owed(name, owed)
 
 
 def _describe(exc: BaseException) -> str:

@@ -16,6 +16,8 @@ Rules (docs/DESIGN.md section 8):
   funded with ``FUNDED_BALANCE``; its IPIN and expiry are the ones given that first time.
   A card first seen as a *receiving* card opens with balance 0 (and is funded, with its IPIN
   and expiry fixed, the first time it pays).
+* Every ``verify_card`` is recorded in ``card_checks`` (card, code, time): tests count
+  the checks that reached the switch.
 * Magic receiving cards, by last four digits: ``0052`` -> 52, ``0072`` -> 72, ``0051`` -> 51,
   ``0053`` -> 53 (all recorded declines, nothing moves); ``0091`` -> applied and recorded as
   approved, but the caller must be told nothing (``unanswered``); ``0092`` -> nothing applied
@@ -113,6 +115,12 @@ CREATE TABLE IF NOT EXISTS transfers (
 );
 CREATE INDEX IF NOT EXISTS transfers_to_pan ON transfers (to_pan);
 CREATE INDEX IF NOT EXISTS transfers_from_pan ON transfers (from_pan);
+CREATE TABLE IF NOT EXISTS card_checks (
+    pan TEXT NOT NULL,
+    code INTEGER NOT NULL,
+    checked_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS card_checks_pan ON card_checks (pan);
 """
 
 
@@ -293,6 +301,11 @@ class Bank:
         """Check a paying card, opening a funded account the first time it is seen."""
         with self._write() as conn:
             code = self._check_payer(conn, pan, exp_date, ipin, _now())
+            # Every check is recorded, so a test can count what reached the switch.
+            conn.execute(
+                "INSERT INTO card_checks (pan, code, checked_at) VALUES (?, ?, ?)",
+                (pan, code, _now().isoformat()),
+            )
             balance = None
             if code == APPROVED:
                 balance = conn.execute(

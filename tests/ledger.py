@@ -65,3 +65,13 @@ class Ledger(Bank):
             "SELECT COALESCE(SUM(amount), 0) FROM transfers WHERE to_pan = ? AND applied = 1",
             (pan,),
         )
+
+    def card_checks(self, pan: str) -> list[int]:
+        """The codes of every check of ``pan`` that reached the bank, oldest first."""
+        with self._lock:
+            rows = (
+                self._connect()
+                .execute("SELECT code FROM card_checks WHERE pan = ? ORDER BY rowid", (pan,))
+                .fetchall()
+            )
+        return [int(r[0]) for r in rows]

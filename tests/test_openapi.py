@@ -65,6 +65,7 @@ DOCUMENTED = {  # every route of server.app.routes() but the HTML claim page, as
     ("/cashout/webhooks/{name}", "get"),
     ("/cashout/webhooks/{name}/{event_id}/redeliver", "post"),
     ("/cashout/webhooks/{name}/test", "post"),
+    ("/cashout/audit/{name}", "get"),
     ("/healthz", "get"),
     ("/readyz", "get"),
     ("/metrics", "get"),
@@ -660,8 +661,9 @@ def test_every_documented_answer_matches_the_document(world: World, spec: Any, m
     )
 
     # Webhooks: the log, redelivery, a test event.
-    log = walk("GET", "/cashout/webhooks/{name}", 200, **me)
-    assert {e["payload"]["status"] for e in log["events"]} >= {"succeeded", "failed", "expired"}
+    log = walk("GET", "/cashout/webhooks/{name}", 200, params={"limit": "100"}, **me)
+    assert {e["payload"].get("status") for e in log["events"]} >= {"succeeded", "failed", "expired"}
+    assert any(e["payload"].get("type") == "provider.updated" for e in log["events"])
     assert any(a["http_status"] == 200 for e in log["events"] for a in e["attempts"])
     walk("GET", "/cashout/webhooks/{name}", 200, params={"status": "delivered", "limit": "1"}, **me)
     walk("GET", "/cashout/webhooks/{name}", 200, key="other", name=other.name)
@@ -722,14 +724,38 @@ def test_every_documented_answer_matches_the_document(world: World, spec: Any, m
     walk("GET", "/cashout/profile/{name}", 401, "unauthorized", key=old["Authorization"], **me)
     walk("GET", "/cashout/profile/{name}", 200, **me)
 
-    # Every webhook the receiver got is the documented payload with the documented headers.
+    # The audit log of everything above.
+    audit = walk("GET", "/cashout/audit/{name}", 200, params={"limit": "100"}, **me)
+    actions = {e["action"] for e in audit["entries"]}
+    assert {"provider.registered", "profile.updated", "credentials.rotated"} <= actions
+    assert {"claim.cancelled", "card_check.rejected"} <= actions
+    page = walk("GET", "/cashout/audit/{name}", 200, params={"limit": "2"}, **me)
+    walk("GET", "/cashout/audit/{name}", 200, params={"after": page["next"]}, **me)
+    walk("GET", "/cashout/audit/{name}", 400, "invalid_request", params={"limit": "0"}, **me)
+    walk("GET", "/cashout/audit/{name}", 401, "unauthorized", key=None, **me)
+    walk("GET", "/cashout/audit/{name}", 404, "not_found", key="other", **me)
+
+    # Every webhook the receiver got is the documented payload with the documented headers:
+    # claim events, and the security notices the profile changes and rotations sent.
     doc = spec.raw_schema
-    hook = doc["webhooks"]["claimFinished"]["post"]
-    payload = validator(doc, hook["requestBody"]["content"]["application/json"]["schema"])
-    headers = {p["name"]: validator(doc, p["schema"]) for p in hook["parameters"]}
+    kinds = {}
+    for kind in ("claimFinished", "providerUpdated"):
+        hook = doc["webhooks"][kind]["post"]
+        kinds[kind] = (
+            validator(doc, hook["requestBody"]["content"]["application/json"]["schema"]),
+            {p["name"]: validator(doc, p["schema"]) for p in hook["parameters"]},
+        )
     calls = w.receiver.calls_to("/main") + w.receiver.calls_to("/other")
-    assert {c.payload["status"] for c in calls} >= {"succeeded", "failed", "expired", "test"}
+    claim_calls = [c for c in calls if "type" not in c.payload]
+    assert {c.payload["status"] for c in claim_calls} >= {"succeeded", "failed", "expired", "test"}
+    notices = [c for c in calls if c.payload.get("type") == "provider.updated"]
+    assert {ch["field"] for c in notices for ch in c.payload["data"]["changes"]} >= {
+        "card",
+        "webhook_secret",
+        "api_key",
+    }
     for call in calls:
+        payload, headers = kinds["providerUpdated" if "type" in call.payload else "claimFinished"]
         payload.validate(call.payload)
         for name, check in headers.items():
             check.validate(call.headers[name])
@@ -886,7 +912,7 @@ FUZZ = schemathesis.openapi.from_dict(
             "phases": {"stateful": {"enabled": False}},
             "checks": {
                 "positive_data_acceptance": {
-                    "expected-statuses": ["2xx", "400", "401", "404", "409", "410"]
+                    "expected-statuses": ["2xx", "400", "401", "404", "409", "410", "422"]
                 },
             },
             "suppress-health-check": ["all"],

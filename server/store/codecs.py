@@ -11,10 +11,14 @@ from server.crypto import Sealed
 from server.models import (
     Attempt,
     AttemptOutcome,
+    AuditEntry,
+    CardHold,
     Claim,
     ClaimStatus,
     Delivery,
     EventStatus,
+    Invite,
+    OwedEvent,
     Provider,
     SealedCard,
     WebhookEvent,
@@ -111,6 +115,8 @@ def provider_from_doc(doc: Mapping[str, Any]) -> Provider:
         endpoint_failing_since=opt_dt(doc.get("endpoint_failing_since")),
         endpoint_disabled_at=opt_dt(doc.get("endpoint_disabled_at")),
         endpoint_disabled_reason=doc.get("endpoint_disabled_reason"),
+        suspended_at=opt_dt((doc.get("suspended") or {}).get("at")),
+        suspended_reason=(doc.get("suspended") or {}).get("reason"),
     )
 
 
@@ -199,6 +205,7 @@ def event_doc(e: WebhookEvent) -> dict[str, Any]:
         "tries": e.tries,
         "attempts": [],
         "lease_until": e.lease_until or e.created_at,
+        **({"endpoint": e.endpoint} if e.endpoint else {}),
     }
 
 
@@ -218,4 +225,119 @@ def event_from_doc(doc: Mapping[str, Any]) -> WebhookEvent:
         ),
         delivered_at=opt_dt(doc.get("delivered_at")),
         lease_until=opt_dt(doc.get("lease_until")),
+        endpoint=doc.get("endpoint"),
+    )
+
+
+# -- production controls: provider guards, owed events, audit, invites, card holds ------------
+
+
+def provider_guard(
+    p: Provider,
+    *,
+    key: bool = False,
+    secrets: bool = False,
+    card: bool = False,
+    endpoint: bool = False,
+) -> dict[str, Any]:
+    """The compare of a provider's compare-and-set: the fields about to change are still as
+    ``p`` (what the caller read) has them. A secret rotation compares the newest secret's id
+    (each rotation puts a fresh one first), a card change the sealed number's nonce (random
+    for each sealing)."""
+    query: dict[str, Any] = {"_id": p.name}
+    if key:
+        query["key_hash"] = p.key_hash
+    if secrets:
+        query["secrets.0.sid"] = p.secrets[0].secret_id if p.secrets else None
+    if card:
+        query["card.pan.n"] = p.card.pan.nonce
+    if endpoint:
+        query["endpoint"] = p.endpoint
+    return query
+
+
+def suspended_doc(at: datetime, reason: str) -> dict[str, Any]:
+    return {"at": at, "reason": reason}
+
+
+def owed_event_doc(e: OwedEvent) -> dict[str, Any]:
+    return {"id": e.event_id, "endpoint": e.endpoint, "body": e.body, "created_at": e.created_at}
+
+
+def owed_events_from_doc(doc: Mapping[str, Any]) -> list[OwedEvent]:
+    return [
+        OwedEvent(o["id"], o["endpoint"], o["body"], as_utc(o["created_at"]))
+        for o in doc.get("owed_events") or ()
+    ]
+
+
+def audit_doc(e: AuditEntry) -> dict[str, Any]:
+    return {
+        "_id": e.entry_id,
+        "provider": e.provider,
+        "created_at": e.at,
+        "actor": e.actor,
+        "address": e.address,
+        "action": e.action,
+        "changes": e.changes,
+    }
+
+
+def audit_from_doc(doc: Mapping[str, Any]) -> AuditEntry:
+    return AuditEntry(
+        entry_id=doc["_id"],
+        provider=doc.get("provider"),
+        at=as_utc(doc["created_at"]),
+        actor=doc["actor"],
+        address=doc.get("address"),
+        action=doc["action"],
+        changes=dict(doc.get("changes") or {}),
+    )
+
+
+def invite_doc(i: Invite) -> dict[str, Any]:
+    return {
+        "_id": i.code_hash,
+        "note": i.note,
+        "created_at": i.created_at,
+        "expires_at": i.expires_at,
+        "used_by": i.used_by,
+        "used_at": i.used_at,
+    }
+
+
+def invite_from_doc(doc: Mapping[str, Any]) -> Invite:
+    return Invite(
+        code_hash=doc["_id"],
+        note=doc.get("note"),
+        created_at=as_utc(doc["created_at"]),
+        expires_at=as_utc(doc["expires_at"]),
+        used_by=doc.get("used_by"),
+        used_at=opt_dt(doc.get("used_at")),
+    )
+
+
+def hold_doc(h: CardHold) -> dict[str, Any]:
+    return {
+        "_id": h.hold_id,
+        "claim": h.claim,
+        "day": h.day,
+        "amount": h.amount,
+        "to": h.to_card,
+        "from": h.from_card,
+        "created_at": h.created_at,
+        "released": h.released,
+    }
+
+
+def hold_from_doc(doc: Mapping[str, Any]) -> CardHold:
+    return CardHold(
+        hold_id=doc["_id"],
+        claim=doc["claim"],
+        day=doc["day"],
+        amount=doc["amount"],
+        to_card=doc["to"],
+        from_card=doc["from"],
+        created_at=as_utc(doc["created_at"]),
+        released=bool(doc.get("released")),
     )

@@ -9,9 +9,14 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from server.models import ClaimStatus, SystemFigures, as_utc
+from server.store.audit import AuditStore
 from server.store.base import Doc, speaks_our_errors
+from server.store.card_holds import CardHolds
+from server.store.card_totals import CardTotals
+from server.store.check_failures import CheckFailures
 from server.store.claims import ClaimStore
 from server.store.indexes import INDEXES
+from server.store.invites import InviteStore
 from server.store.leases import Leases
 from server.store.outbox import EventStore
 from server.store.providers import ProviderStore
@@ -38,6 +43,12 @@ class Store:
         self.events = EventStore(self.db.events)
         self.leases = Leases(self.db.leases)
         self.sealed = SealedValues(self.db.providers, self.db.claims)
+        # Production controls (docs/DESIGN.md section 12).
+        self.audit = AuditStore(self.db.audit)
+        self.invites = InviteStore(self.db.invites)
+        self.check_failures = CheckFailures(self.db.card_check_failures)
+        self.card_totals = CardTotals(self.db.card_totals)
+        self.card_holds = CardHolds(self.db.card_holds)
 
     async def close(self) -> None:
         await self.client.close()

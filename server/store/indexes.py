@@ -50,4 +50,13 @@ INDEXES: tuple[tuple[str, list[tuple[str, int]], dict[str, Any]], ...] = (
         ],
         {"name": "provider_status_newest"},
     ),
+    # Production controls (docs/DESIGN.md section 12).
+    ("providers", [("owed_events.id", ASCENDING)], {"name": "owed_events"}),
+    (
+        "audit",
+        [("provider", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
+        {"name": "provider_newest"},
+    ),
+    ("audit", [("created_at", DESCENDING), ("_id", DESCENDING)], {"name": "newest"}),
+    ("card_holds", [("claim", ASCENDING), ("released", ASCENDING)], {"name": "claim_live"}),
 )

@@ -8,14 +8,18 @@ from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
-from server.models import Provider, SealedCard, WebhookSecret
+from server.models import OwedEvent, Provider, SealedCard, WebhookSecret
 from server.store.base import Coll, Duplicate, cas, speaks_our_errors
 from server.store.codecs import (
     card_doc,
     endpoint_health_doc,
+    owed_event_doc,
+    owed_events_from_doc,
     provider_doc,
     provider_from_doc,
+    provider_guard,
     secrets_doc,
+    suspended_doc,
 )
 
 
@@ -56,8 +60,18 @@ class ProviderStore:
         key_hash: str | None = None,
         secrets: tuple[WebhookSecret, ...] | None = None,
         texts: Mapping[str, str | None] | None = None,
+        expect: Provider | None = None,
+        active: bool = False,
+        suspend: tuple[datetime, str] | None = None,
+        resume: bool = False,
+        owed: Sequence[OwedEvent] = (),
     ) -> Provider | None:
-        """``texts``: ``display_name`` and ``support`` to set (``None`` removes one)."""
+        """Change a provider; None when it does not match. ``texts``: ``display_name`` and
+        ``support`` to set (``None`` removes one). With ``expect`` (the provider as the
+        caller read it) this is a compare-and-set: every field being changed must still be
+        as read, so of two concurrent rotations one wins and the other is told. With
+        ``active``, only while not suspended. ``owed`` security events are written in the
+        same update, so a change is never made without its notice."""
         changes: dict[str, Any] = {"updated_at": updated_at}
         for field in ("display_name", "support"):
             if texts is not None and field in texts:
@@ -72,7 +86,27 @@ class ProviderStore:
             changes["key_hash"] = key_hash
         if secrets is not None:
             changes["secrets"] = secrets_doc(secrets)
-        doc = await cas(self.coll, {"_id": name}, {"$set": changes})
+        if suspend is not None:
+            changes["suspended"] = suspended_doc(*suspend)
+        update: dict[str, Any] = {"$set": changes}
+        if resume:
+            update["$unset"] = {"suspended": ""}
+        if owed:
+            update["$push"] = {"owed_events": {"$each": [owed_event_doc(e) for e in owed]}}
+        query: dict[str, Any] = {"_id": name}
+        if expect is not None:
+            query = provider_guard(
+                expect,
+                key=key_hash is not None,
+                secrets=secrets is not None,
+                card=card is not None,
+                endpoint=endpoint is not None,
+            )
+        if active or suspend is not None:
+            query["suspended"] = None
+        if resume:
+            query["suspended.at"] = {"$exists": True}
+        doc = await cas(self.coll, query, update)
         return provider_from_doc(doc) if doc else None
 
     # -- webhook endpoint health: each change only for the endpoint the attempt went to, so
@@ -102,6 +136,17 @@ class ProviderStore:
             {"$set": {"endpoint_disabled_at": at, "endpoint_disabled_reason": reason}},
         )
         return provider_from_doc(doc) if doc else None
+
+    async def owing_events(self, limit: int) -> list[tuple[str, list[OwedEvent]]]:
+        """Providers whose security events are not yet in the outbox (a crash came between
+        the change and the outbox write), with those events."""
+        cursor = self.coll.find({"owed_events.id": {"$exists": True}}, {"owed_events": 1}).limit(
+            limit
+        )
+        return [(d["_id"], owed_events_from_doc(d)) async for d in cursor]
+
+    async def event_written(self, name: str, event_id: str) -> None:
+        await self.coll.update_one({"_id": name}, {"$pull": {"owed_events": {"id": event_id}}})
 
     async def all(self) -> list[Provider]:
         return [provider_from_doc(d) async for d in self.coll.find().sort("_id")]
