@@ -80,6 +80,14 @@ CARD_PROBLEMS = {
     "confirmation_expired": "Enter the card number again: the check before sending has expired",
 }
 
+# A card refused by a daily limit (docs/DESIGN.md section 12): the claim stays open.
+LIMIT_MESSAGES = {
+    "card_limit_reached": "This card has reached its daily limit: use another card, or try "
+    "again tomorrow",
+    "sender_limit_reached": "The sender's daily limit is reached: please try again tomorrow on "
+    "this same link",
+}
+
 TITLES = {
     ClaimStatus.PENDING: "Receive your cashout",
     ClaimStatus.PROCESSING: "Sending your money",
@@ -127,7 +135,7 @@ class ClaimPageHandler(PageHandler):
                     self._refusal(exc.code)
                     return
                 if _about_the_card(exc):  # e.g. a limit on this card: the form, number kept
-                    self._form(page, refused=exc, value=self._kept(uuid, sealed), status=400)
+                    self._form(page, refused=exc, value=self._kept(uuid, sealed), status=exc.status)
                     return
             # Winner or not (a second tap gets 409), the status page tells the truth.
             self.redirect(self.request.path, status=303)
@@ -222,6 +230,8 @@ class ClaimPageHandler(PageHandler):
         )
 
     def _card_message(self, refused: ApiError) -> str:
+        if refused.code in LIMIT_MESSAGES:
+            return self.locale.translate(LIMIT_MESSAGES[refused.code])
         detail = refused.details[0] if refused.details else {}
         text = CARD_PROBLEMS.get(detail.get("problem", ""))
         if text is None:

@@ -23,7 +23,7 @@ def provider_updated(
     name: str,
     changes: list[dict[str, Any]],
     caller: Caller,
-    old_endpoint: str,
+    old_endpoint: str | None,
     new_endpoint: str | None = None,
 ) -> list[OwedEvent]:
     """The events reporting ``changes`` (one per endpoint: the old one, and the new one when

@@ -216,7 +216,7 @@ class ProviderService:
             )
         texts = {f: _text(body[f]) for f in ("display_name", "support") if f in body}
         owed = (
-            notices.provider_updated(provider.name, changes, caller, provider.endpoint, endpoint)
+            notices.provider_updated(provider.name, changes, caller, _listening(provider), endpoint)
             if changes
             else []
         )
@@ -301,7 +301,7 @@ class ProviderService:
             )
             secrets = (fresh, *kept)
             changes.append({"field": "webhook_secret", "secret_id": fresh.secret_id})
-        owed = notices.provider_updated(provider.name, changes, caller, provider.endpoint)
+        owed = notices.provider_updated(provider.name, changes, caller, _listening(provider))
         updated = await self.store.providers.update(
             provider.name,
             updated_at=now,
@@ -328,7 +328,7 @@ class ProviderService:
         """Stop new claims and payouts (None: it already was suspended)."""
         provider = await self.get_existing(name)
         change = {"field": "status", "old": "active", "new": "suspended", "reason": reason}
-        owed = notices.provider_updated(name, [change], caller, provider.endpoint)
+        owed = notices.provider_updated(name, [change], caller, _listening(provider))
         updated = await self.store.providers.update(
             name, updated_at=utcnow(), suspend=(utcnow(), reason), owed=owed
         )
@@ -341,7 +341,7 @@ class ProviderService:
         """Undo ``suspend`` (None: it was not suspended)."""
         provider = await self.get_existing(name)
         change = {"field": "status", "old": "suspended", "new": "active"}
-        owed = notices.provider_updated(name, [change], caller, provider.endpoint)
+        owed = notices.provider_updated(name, [change], caller, _listening(provider))
         updated = await self.store.providers.update(
             name, updated_at=utcnow(), resume=True, owed=owed
         )
@@ -428,3 +428,9 @@ def _text(value: str | None) -> str | None:
 
 def _exists(name: str) -> ApiError:
     return ApiError(409, "provider_exists", f"A provider named {name!r} already exists.")
+
+
+def _listening(provider: Provider) -> str | None:
+    """The endpoint a security notice about a change goes to: the one in force before it,
+    unless it was disabled (it answered 410 Gone, or failed for days)."""
+    return provider.endpoint if provider.endpoint_enabled else None

@@ -256,7 +256,8 @@ class WebhookSender:
                     attempt.http_status or "-",
                     status,
                 )
-                await self._note_health(provider, attempt)
+                if event.endpoint in (None, provider.endpoint):  # not a notice to an old one
+                    await self._note_health(provider, attempt)
         finally:
             self._in_flight.discard(event_id)
             self._queued[provider_name] -= 1

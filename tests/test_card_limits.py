@@ -170,7 +170,7 @@ def test_what_did_not_pay_is_given_back_and_pages_show_the_limits(server_factory
     refused = provider.claim(third, r1)
     assert refused.status_code == 422 and refused.json()["code"] == "card_limit_reached"
     page = form_post(provider.client, f"/cashout/claim/{provider.name}/{third}", r1)
-    assert page.status_code == 422 and "has reached its daily limit" in page.text
+    assert page.status_code == 422 and "This card has reached its daily limit" in page.text
     assert 'aria-invalid="true"' in page.text
     assert provider.claim(third, r2).status_code == 202
     provider.wait(third, "succeeded")
@@ -180,7 +180,7 @@ def test_what_did_not_pay_is_given_back_and_pages_show_the_limits(server_factory
     over = provider.claim(fourth, r3)
     assert over.status_code == 422 and over.json()["code"] == "sender_limit_reached"
     page = form_post(provider.client, f"/cashout/claim/{provider.name}/{fourth}", r3)
-    assert page.status_code == 422 and "the sender&#x27;s daily limit is reached" in page.text
+    assert page.status_code == 422 and "daily limit is reached: please try again" in page.text
     assert provider.status(fourth)["status"] == "pending"
     assert sum(t.amount for t in provider.ledger.transfers_from(provider.pan) if t.applied) == 300
     metrics = httpx.get(server.url + "/metrics").text
@@ -189,7 +189,12 @@ def test_what_did_not_pay_is_given_back_and_pages_show_the_limits(server_factory
 
 
 def form_post(client: httpx.Client, path: str, pan: str) -> httpx.Response:
+    """The claim page as a customer uses it: the card number, then Confirm."""
     page = client.get(path)
     token = re.search(r'name="_xsrf" value="([^"]+)"', page.text)
     assert token, "the form carries an XSRF token"
-    return client.post(path, data={"pan": pan, "_xsrf": token.group(1)})
+    check = client.post(path, data={"pan": pan, "_xsrf": token.group(1)})
+    sealed = re.search(r'name="card" value="([^"]+)"', check.text)
+    assert check.status_code == 200 and sealed, "the check before paying"
+    form = {"action": "confirm", "card": sealed.group(1), "_xsrf": token.group(1)}
+    return client.post(path, data=form)
