@@ -3,7 +3,7 @@
 Run it on its own so the whole stack can use the ``ebs`` gateway on one machine::
 
     python -m simulator.ebs --host 127.0.0.1 --port 8181 --data-dir ./var/sim \\
-        [--key-bits 2048] [--application-id ACTSCon ...] [--slow-seconds 5] \\
+        [--key-bits 2048] [--application-id ACTSCon ...] [--slow-seconds 5] [--reply-delay 0] \\
         [--base-path /consumer/] [--max-clock-skew 300] [--datetime-format %d%m%y%H%M%S] \\
         [--timezone Africa/Khartoum] [--tls-cert CERT.pem --tls-key KEY.pem]
 
@@ -36,6 +36,10 @@ shared with the gateway it tests), in this order, and answers with EBS-style fla
 * ``getTransactionStatus`` for a UUID the bank never recorded answers ``responseCode`` 25
   (``protocol.NOT_FOUND``) with ``originalTransaction`` null; otherwise ``responseCode`` 0
   and the original in ``originalTransaction``.
+
+``--reply-delay S`` makes every ``getPublicKey`` and ``doCardTransfer`` answer wait S seconds
+(a transfer is applied at once and answered late): a slow switch, for the tests of processes
+that die or freeze while they wait for it.
 
 Magic receiving cards (``toCard`` last four digits) beyond the bank's own table:
 ``0091`` is applied at once, then the reply waits ``--slow-seconds`` (the client should time

@@ -49,6 +49,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=5.0,
         help="how long magic 0091/0092 transfers take to answer",
     )
+    parser.add_argument(
+        "--reply-delay",
+        type=float,
+        default=0.0,
+        help="seconds every getPublicKey and doCardTransfer answer waits (transfers are "
+        "applied at once): a slow switch",
+    )
     parser.add_argument("--base-path", default="/consumer/")
     parser.add_argument(
         "--max-clock-skew",
@@ -75,6 +82,7 @@ async def serve(args: argparse.Namespace) -> int:
         keys=KeyState.load_or_create(data_dir / KEY_FILE, args.key_bits),
         application_ids=frozenset(args.application_ids or ["ACTSCon"]),
         slow_seconds=args.slow_seconds,
+        reply_delay=args.reply_delay,
         max_clock_skew=args.max_clock_skew,
         datetime_format=args.datetime_format,
         zone=ZoneInfo(args.timezone),

@@ -4,6 +4,7 @@ money in the bank, and answers in EBS's flat JSON; also the JSON-only base handl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from datetime import datetime
@@ -194,6 +195,7 @@ class ConsumerHandler(JsonHandler):
         state.seen_uuids.add(request_uuid)
 
         if endpoint == GET_PUBLIC_KEY:
+            await self._late()
             self._reply(
                 entry, body, APPROVED, "Approved", {PUB_KEY_VALUE: state.keys.public_key_value()}
             )
@@ -216,6 +218,12 @@ class ConsumerHandler(JsonHandler):
             await self._transfer(body, entry, ipin, request_uuid)
         else:
             self._status(body, entry)
+
+    async def _late(self) -> None:
+        """Wait ``--reply-delay`` before answering (cut short by shutdown)."""
+        if self.state.reply_delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.state.shutting_down.wait(), self.state.reply_delay)
 
     async def _transfer(
         self, body: dict[str, Any], entry: dict[str, Any], ipin: str, request_uuid: str
@@ -268,6 +276,11 @@ class ConsumerHandler(JsonHandler):
                 self._reply_raw(entry, 504, {"message": "upstream timeout"})
                 return
         assert reply.code is not None
+        await self._late()
+        if self._closed:  # the client went away (it died, say) while we took our time
+            entry["http_status"] = None
+            entry["response_code"] = None
+            return
         self._reply(entry, body, reply.code, reply.message, extra)
 
     def _status(self, body: dict[str, Any], entry: dict[str, Any]) -> None:

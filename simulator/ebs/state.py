@@ -30,6 +30,10 @@ class SimState:
     max_clock_skew: float
     datetime_format: str
     zone: ZoneInfo
+    # Every getPublicKey and doCardTransfer answer waits this long (a transfer is applied at
+    # once, answered late): a switch under load, for tests of processes that die or freeze
+    # while they wait.
+    reply_delay: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list)
     request_count: int = 0
     seen_uuids: set[str] = field(default_factory=set)
