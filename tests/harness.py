@@ -21,6 +21,7 @@ from typing import IO, Any
 import httpx
 
 from gateways.mock import LEDGER_FILE as MOCK_LEDGER
+from server.embedded_db import embedded_uri
 from simulator.ebs.state import LEDGER_FILE
 from tests.ledger import Ledger
 
@@ -166,7 +167,7 @@ class Database:
         self.port = free_port()
         self.dir = data_dir
         self.proc: subprocess.Popen[bytes] | None = None
-        self.uri = f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+        self.uri = embedded_uri("127.0.0.1", self.port)  # as the service embeds it
 
     def start(self) -> Database:
         self.dir.mkdir(parents=True, exist_ok=True)
