@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 
 from server import metrics
+from server.batching import Batcher
 from server.crypto import CardNamer, DecryptionError
 from server.errors import ApiError
 from server.lifecycle import Transition
@@ -72,6 +73,9 @@ def sender_limit_reached() -> ApiError:
     )
 
 
+P = ClaimStatus.PENDING
+
+
 class CardLimits:
     def __init__(
         self, settings: Settings, store: Store, providers: ProviderService, namer: CardNamer
@@ -80,6 +84,23 @@ class CardLimits:
         self.store = store
         self.providers = providers
         self.namer = namer
+        # Group commit, as on the rest of the pay path: submissions arriving together share
+        # one read of their claims and one insert of their holds.
+        batch = settings.db_batch
+        self._claims: Batcher[str, Claim | None] = Batcher(
+            "claim_reads", self._read_claims, max_batch=batch, observe=metrics.observe_batch
+        )
+        self._holds: Batcher[CardHold, None] = Batcher(
+            "card_holds", self._insert_holds, max_batch=batch, observe=metrics.observe_batch
+        )
+
+    async def _read_claims(self, uuids: list[str]) -> list[Claim | None]:
+        found = await self.store.claims.get_many(uuids)
+        return [found.get(u) for u in uuids]
+
+    async def _insert_holds(self, holds: list[CardHold]) -> list[None]:
+        await self.store.card_holds.insert_many(holds)
+        return [None] * len(holds)
 
     async def admit(
         self, provider: Provider | None, uuid: str, pan: str, hold_id: str
@@ -89,8 +110,8 @@ class CardLimits:
         is nothing to hold: no such claim or provider, or not pending (claiming will refuse)."""
         if provider is None:
             return None
-        claim = await self.store.claims.get(provider.name, uuid)
-        if claim is None or claim.status is not ClaimStatus.PENDING:
+        claim = await self._claims.submit(uuid)
+        if claim is None or claim.provider != provider.name or claim.status is not P:
             return None
         try:
             paying = self.providers.open_card(provider).pan
@@ -107,7 +128,7 @@ class CardLimits:
             now,
         )
         totals = self.store.card_totals
-        await self.store.card_holds.insert(hold)
+        await self._holds.submit(hold)
         if not await totals.reserve(
             hold.day, TO, hold.to_card, hold.amount, s.card_daily_amount, s.card_daily_claims
         ):

@@ -192,7 +192,7 @@ class ProviderService:
     async def accepting_claims(self, name: str) -> Provider | None:
         """The provider behind a claim link (None if there is none), or 403 while it is
         suspended: its claim links and the JSON claim route pay nothing until resumed."""
-        provider = await self.store.providers.get(name)
+        provider = await self.by_name(name)
         if provider is not None and provider.suspended:
             raise suspended()
         return provider

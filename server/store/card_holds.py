@@ -3,6 +3,8 @@ exactly that is given back if the transfer does not pay (``CardHold``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from server.models import CardHold
 from server.store.base import Coll, speaks_our_errors
 from server.store.codecs import hold_doc, hold_from_doc
@@ -15,6 +17,10 @@ class CardHolds:
 
     async def insert(self, hold: CardHold) -> None:
         await self.coll.insert_one(hold_doc(hold))
+
+    async def insert_many(self, holds: Sequence[CardHold]) -> None:
+        if holds:
+            await self.coll.insert_many([hold_doc(h) for h in holds], ordered=False)
 
     async def live_for(self, claim: str) -> list[CardHold]:
         cursor = self.coll.find({"claim": claim, "released": False})

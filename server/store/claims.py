@@ -123,6 +123,12 @@ class ClaimStore:
         doc = await self.coll.find_one({"_id": uuid, "provider": provider})
         return claim_from_doc(doc) if doc else None
 
+    async def get_many(self, uuids: Sequence[str]) -> dict[str, Claim]:
+        """The claims of these UUIDs, in one round trip."""
+        wanted = list(dict.fromkeys(uuids))
+        query = {"_id": wanted[0] if len(wanted) == 1 else {"$in": wanted}}
+        return {d["_id"]: claim_from_doc(d) async for d in self.coll.find(query)}
+
     async def get_any(self, uuid: str) -> Claim | None:
         doc = await self.coll.find_one({"_id": uuid})
         return claim_from_doc(doc) if doc else None
