@@ -90,6 +90,10 @@ class ProviderService:
         sealed = self.keys.seal(secret, aad("providers", name, f"secrets.{sid}"))
         return secret, WebhookSecret(sid, sealed, utcnow())
 
+    def open_pan(self, provider: Provider) -> str:
+        """Only the paying card's number (to name it for the card limits)."""
+        return self.keys.open(provider.card.pan, aad("providers", provider.name, "card.pan"))
+
     def open_card(self, provider: Provider) -> Card:
         """The paying card in clear, for the gateway only."""
         name, card = provider.name, provider.card
